@@ -1,0 +1,1 @@
+"""mlt-project: image classification with Lightning, versioned with DVC."""

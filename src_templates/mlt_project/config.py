@@ -1,0 +1,199 @@
+"""params.yaml -> typed, read-only sections with dot access.
+
+Every key is declared here once. A key that is unknown, missing or of the wrong type is an
+error naming the key and the file, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(PipelineError):
+    """params.yaml is missing, unparsable, or does not match the sections below."""
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    raw: str
+    processed: str
+    model: str
+    metrics: str
+    plots: str
+    logs: str
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: list[int]  # [height, width]
+    channels: int  # 1 (grayscale) or 3 (RGB); images are converted to this on load
+    num_classes: int
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError("image_size must be [height, width] with both at least 1")
+        if self.channels not in (1, 3):
+            raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
+        if self.num_classes < 2:
+            raise ValueError("num_classes must be at least 2")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave images for training")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image tensor."""
+        return (self.channels, self.image_size[0], self.image_size[1])
+
+    @property
+    def input_dim(self) -> int:
+        channels, height, width = self.input_shape
+        return channels * height * width
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_size: int
+    dropout: float
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1:
+            raise ValueError("hidden_size must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int
+    lr: float
+    max_epochs: int
+    num_workers: int
+    accelerator: str  # auto | cpu | gpu | cuda | mps
+    devices: int | str  # a count, or "auto"
+    precision: str  # auto (bf16-mixed where the GPU supports it, else 32-true) or a Lightning value
+    seed: int
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive")
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be 0 or more")
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ValueError('devices must be a number or "auto"')
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    version: str
+    onnx_opset: int
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+    evaluation: EvaluationConfig
+    release: ReleaseConfig
+
+
+def load_config(path: str | Path = PARAMS_FILE) -> Config:
+    """Read and check params.yaml; raise ConfigError naming the key and the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} not found in {Path.cwd()}: run from the project root, or pass --params"
+        ) from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{line}: fix the syntax there") from None
+    return _build(Config, raw, "", path)
+
+
+def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
+    """Build dataclass `cls` from a mapping, checking keys and types recursively."""
+    what = f"section {prefix.rstrip('.')!r}" if prefix else "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {what} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    expected = [f.name for f in fields(cls)]
+    unknown = sorted(set(raw) - set(expected))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key '{prefix}{unknown[0]}'; expected one of {', '.join(expected)}"
+        )
+    missing = [name for name in expected if name not in raw]
+    if missing:
+        raise ConfigError(f"{path}: missing key '{prefix}{missing[0]}'; add it (see the README)")
+    values = {}
+    for name in expected:
+        hint, value = hints[name], raw[name]
+        if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+            values[name] = _build(hint, value, f"{prefix}{name}.", path)
+        elif _matches(value, hint):
+            values[name] = float(value) if hint is float else value
+        else:
+            raise ConfigError(
+                f"{path}: key '{prefix}{name}' is {value!r} ({type(value).__name__}), "
+                f"expected {_describe(hint)}"
+            )
+    try:
+        return cls(**values)
+    except ValueError as error:
+        raise ConfigError(f"{path}: section '{prefix.rstrip('.')}': {error}") from None
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(hint))
+    raise TypeError(f"config.py declares an unsupported type {hint!r}")
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[hint]

@@ -1,0 +1,3 @@
+from .model import ImageClassifier
+
+__all__ = ["ImageClassifier"]

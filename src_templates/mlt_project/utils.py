@@ -1,0 +1,90 @@
+"""Factories shared by train.py and eval.py: everything is built here, from the config."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from .config import Config
+from .data.datamodule import ImageDataModule
+from .errors import PipelineError
+from .model import ImageClassifier
+
+# Batches come from in-memory tensors, so worker processes would only add start-up time.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+# Lightning's own use of a torch API that torch has deprecated; nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+
+
+def setup_logger(level: int = logging.INFO) -> logging.Logger:
+    """Log to stderr with timestamps; returns the package's logger."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return logging.getLogger(__package__)
+
+
+def create_datamodule(cfg: Config) -> ImageDataModule:
+    return ImageDataModule(
+        processed_dir=cfg.paths.processed,
+        batch_size=cfg.training.batch_size,
+        eval_batch_size=cfg.evaluation.batch_size,
+        num_workers=cfg.training.num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def create_model(cfg: Config) -> ImageClassifier:
+    return ImageClassifier(
+        input_shape=cfg.data.input_shape,
+        num_classes=cfg.data.num_classes,
+        hidden_size=cfg.model.hidden_size,
+        dropout=cfg.model.dropout,
+        lr=cfg.training.lr,
+    )
+
+
+def load_model(cfg: Config, checkpoint: str | Path | None = None) -> ImageClassifier:
+    """Load a trained model; fail if its input shape or classes no longer match params.yaml."""
+    path = Path(checkpoint or cfg.paths.model)
+    if not path.is_file():
+        raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
+    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+    expected = {"input_shape": list(cfg.data.input_shape), "num_classes": cfg.data.num_classes}
+    for key, value in expected.items():
+        found = model.hparams[key]
+        if (list(found) if key == "input_shape" else found) != value:
+            raise PipelineError(
+                f"{path} was trained with {key}={found} but params.yaml gives {value}: "
+                "retrain with `dvc repro` or restore the params it was trained with"
+            )
+    return model
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto` -> bf16-mixed on a GPU that supports it, full precision elsewhere."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.Trainer:
+    """A Trainer from `training` params; keyword overrides win (tests use fast_dev_run)."""
+    training = cfg.training
+    options: dict[str, Any] = {
+        "accelerator": training.accelerator,
+        "devices": training.devices,
+        "precision": resolve_precision(training.precision, training.accelerator),
+        "max_epochs": training.max_epochs,
+        "logger": TensorBoardLogger(cfg.paths.logs, name="") if logger else False,
+        "enable_checkpointing": False,  # train.py writes the one checkpoint DVC tracks
+        "log_every_n_steps": 10,
+        "enable_model_summary": logger,
+    }
+    options.update(overrides)
+    return L.Trainer(**options)

@@ -1,0 +1,56 @@
+"""Fixtures: the project's own params.yaml, shrunk to a tiny data set that trains in seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlt_project.config import Config, load_config
+from mlt_project.data.preprocess import preprocess
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ("circle", "square", "stripes")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    """params.yaml with every path inside tmp_path and training cut to CPU-sized."""
+    base = load_config(PROJECT_ROOT / "params.yaml")
+    paths = {field.name: str(tmp_path / field.name) for field in dataclasses.fields(base.paths)}
+    return dataclasses.replace(
+        base,
+        paths=dataclasses.replace(base.paths, **paths),
+        data=dataclasses.replace(
+            base.data, num_classes=len(CLASSES), val_fraction=0.2, test_fraction=0.2
+        ),
+        training=dataclasses.replace(
+            base.training,
+            batch_size=8,
+            max_epochs=2,
+            accelerator="cpu",
+            devices=1,
+            precision="32-true",
+        ),
+    )
+
+
+def write_images(raw_dir: Path, per_class: int = 10, size: int = 12) -> None:
+    """A few RGB images per class whose pixels depend on the class, so they can be learned."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(CLASSES):
+        (raw_dir / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3)) + 80 * label
+            Image.fromarray(pixels.astype(np.uint8)).save(raw_dir / name / f"{i}.png")
+
+
+@pytest.fixture
+def processed(cfg: Config) -> Config:
+    """cfg, with raw images written and preprocessed into Parquet splits."""
+    write_images(Path(cfg.paths.raw))
+    preprocess(cfg)
+    return cfg
