@@ -1,0 +1,72 @@
+"""Shared by the tests that bake real projects: a template repo to add as a submodule, and runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+GIT_IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.com"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment for subprocesses: this venv first on PATH, git isolated from the user."""
+    result = dict(os.environ)
+    result["PATH"] = f"{VENV_BIN}{os.pathsep}{result.get('PATH', '')}"
+    result["GIT_CONFIG_NOSYSTEM"] = "1"
+    result["DVC_NO_ANALYTICS"] = "1"
+    result.update(extra)
+    return result
+
+
+def run(
+    *cmd: str | Path, cwd: Path, check: bool = True, **env_extra: str
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env(**env_extra), capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def git(*args: str, cwd: Path) -> str:
+    return run("git", *GIT_IDENTITY, *args, cwd=cwd).stdout.strip()
+
+
+def make_template_repo(dest: Path) -> Path:
+    """This working tree (tracked and untracked, not ignored files) as a fresh one-commit repo."""
+    listed = git("ls-files", "--cached", "--others", "--exclude-standard", "-z", cwd=REPO)
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    git("init", "--quiet", "--initial-branch=main", cwd=dest)
+    git("add", "-A", cwd=dest)
+    git("commit", "--quiet", "-m", "template under test", cwd=dest)
+    return dest
+
+
+def make_host(path: Path, template_repo: Path) -> Path:
+    """A git repo with the template added as a real submodule at .ml-aws-template."""
+    path.mkdir(parents=True)
+    git("init", "--quiet", "--initial-branch=main", cwd=path)
+    git(
+        "-c", "protocol.file.allow=always", "submodule", "add", "--quiet",
+        str(template_repo), ".ml-aws-template", cwd=path,
+    )  # fmt: skip
+    return path
+
+
+def bootstrap(host: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the submodule's bootstrap.py from the host root, as a user does."""
+    return run("python3", ".ml-aws-template/bootstrap.py", *args, cwd=host, check=check)

@@ -1,0 +1,135 @@
+"""Bake a project into a git repo that holds this template as a submodule, install it with pip,
+and run what its users run: sample data, `dvc repro`, its own tests and ruff."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import bootstrap, git, make_host, make_template_repo, run
+
+pytestmark = pytest.mark.e2e
+
+NAME = "digits-e2e"
+MODULE = "digits_e2e"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory):
+    """A baked, installed project whose pipeline has run once on the sample digits."""
+    root = tmp_path_factory.mktemp("e2e")
+    host = make_host(root / NAME, make_template_repo(root / "template"))
+    bootstrap(host, "--torch", "cpu")
+    run(sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "-e", ".", cwd=host)
+    run(sys.executable, "-m", f"{MODULE}.data.sample_data", cwd=host)
+    start = time.perf_counter()
+    repro = run("dvc", "repro", cwd=host)
+    print(f"first dvc repro: {time.perf_counter() - start:.1f}s")
+    yield host, repro
+    run(sys.executable, "-m", "pip", "uninstall", "--quiet", "--yes", NAME, cwd=root)
+
+
+def test_record_names_the_submodule_commit(project):
+    host, _ = project
+    record = json.loads((host / ".ml-template.json").read_text())
+    assert record["template_version"] == git("rev-parse", "HEAD", cwd=host / ".ml-aws-template")
+    assert record["answers"] == {"project_name": NAME, "module_name": MODULE, "torch": "cpu"}
+
+
+def test_pipeline_runs_all_stages_and_reaches_accuracy(project):
+    host, repro = project
+    for stage in ("preprocess", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in repro.stdout
+    results = json.loads((host / "evaluation_results.json").read_text())
+    assert results["accuracy"] >= 0.90, results
+    assert set(results["per_class"]) == {str(digit) for digit in range(10)}
+    assert sum(c["support"] for c in results["per_class"].values()) == results["num_samples"]
+    for split in ("train", "val", "test"):
+        assert (host / "data" / "processed" / f"{split}.parquet").is_file()
+    assert (host / "models" / "model.ckpt").is_file()
+    assert list((host / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+def test_second_repro_runs_nothing(project):
+    host, _ = project
+    start = time.perf_counter()
+    again = run("dvc", "repro", cwd=host)
+    print(f"no-op dvc repro: {time.perf_counter() - start:.2f}s")
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date." in again.stdout
+
+
+def test_a_param_change_reruns_only_the_stages_that_list_it(project):
+    host, _ = project
+    params = host / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("  max_epochs: 30", "  max_epochs: 29"))
+        changed = json.loads(run("dvc", "status", "--json", cwd=host).stdout)
+        assert set(changed) == {"train"}, changed  # evaluate follows once train's output changes
+        params.write_text(original.replace("  batch_size: 512", "  batch_size: 256"))
+        changed = json.loads(run("dvc", "status", "--json", cwd=host).stdout)
+        assert set(changed) == {"evaluate"}, changed
+    finally:
+        params.write_text(original)
+    assert json.loads(run("dvc", "status", "--json", cwd=host).stdout) == {}
+
+
+def test_metrics_and_confusion_plot_render(project):
+    host, _ = project
+    shown = run("dvc", "metrics", "show", "--json", cwd=host).stdout
+    assert '"accuracy"' in shown
+    rows = (host / "plots" / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted"
+    results = json.loads((host / "evaluation_results.json").read_text())
+    assert len(rows) - 1 == results["num_samples"]
+    plots = json.loads(run("dvc", "plots", "show", "--json", cwd=host).stdout)
+    (entry,) = plots["data"]["plots/confusion.csv"]
+    assert entry["type"] == "vega"
+    rendered = entry["content"]["data"]["values"]
+    assert len(rendered) == results["num_samples"]
+    assert {"actual", "predicted"} <= set(rendered[0])
+
+
+def test_generated_tests_and_ruff_pass(project):
+    host, _ = project
+    tests = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=host)
+    assert re.search(r"\d+ passed", tests.stdout)
+    assert "failed" not in tests.stdout
+    run("ruff", "check", ".", cwd=host)
+    run("ruff", "format", "--check", ".", cwd=host)
+
+
+def test_generated_tests_survive_renaming_the_model_class(project):
+    host, _ = project
+    package = host / "src" / MODULE
+    files = [package / "model" / "model.py", package / "model" / "__init__.py", package / "utils.py"]
+    originals = {path: path.read_text() for path in files}
+    try:
+        for path, text in originals.items():
+            path.write_text(text.replace("ImageClassifier", "DigitNet"))
+        assert "DigitNet" in (package / "model" / "model.py").read_text()
+        tests = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=host)
+        assert re.search(r"\d+ passed", tests.stdout)
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
+
+
+def test_generated_files_contain_no_placeholder(project):
+    host, _ = project
+    tracked = git("ls-files", "--others", "--exclude-standard", cwd=host).splitlines()
+    assert "dvc.yaml" in tracked
+    for name in tracked:
+        if name.startswith(".ml-aws-template"):
+            continue
+        path = Path(host, name)
+        assert "mlt_project" not in name and "mlt-project" not in name
+        if path.suffix not in {".png", ".parquet", ".ckpt"}:
+            text = path.read_text(errors="replace")
+            assert "mlt_project" not in text and "mlt-project" not in text, name
