@@ -100,7 +100,7 @@ class Planned:
 
 def derive_names(raw: str) -> dict[str, str]:
     """Project name (PEP 503 normalised) and module name (snake_case) from a folder or --name."""
-    if TOKEN_RE.search(raw.lower().replace("_", "-").encode()):
+    if TOKEN_RE.search(re.sub(r"[._-]+", "-", raw.lower()).encode()):
         raise BootstrapError(f"name {raw!r} contains the template's own placeholder; pass --name")
     if len(raw) > MAX_NAME_LENGTH or not NAME_RE.fullmatch(raw):
         suggestion = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
@@ -373,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except BootstrapError as error:
-        print(f"bootstrap: error: {error} ({HELP_HINT})", file=sys.stderr)
+        # A path in the message may hold a line break; escape it so the message stays one line.
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(error))
+        print(f"bootstrap: error: {message} ({HELP_HINT})", file=sys.stderr)
         return 1
 
 

@@ -25,7 +25,17 @@ def project(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("e2e")
     host = make_host(root / NAME, make_template_repo(root / "template"))
     bootstrap(host, "--torch", "cpu")
-    run(sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "-e", ".", cwd=host)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-build-isolation",
+        "-e",
+        ".",
+        cwd=host,
+    )
     run(sys.executable, "-m", f"{MODULE}.data.sample_data", cwd=host)
     start = time.perf_counter()
     repro = run("dvc", "repro", cwd=host)
@@ -108,7 +118,11 @@ def test_generated_tests_and_ruff_pass(project):
 def test_generated_tests_survive_renaming_the_model_class(project):
     host, _ = project
     package = host / "src" / MODULE
-    files = [package / "model" / "model.py", package / "model" / "__init__.py", package / "utils.py"]
+    files = [
+        package / "model" / "model.py",
+        package / "model" / "__init__.py",
+        package / "utils.py",
+    ]
     originals = {path: path.read_text() for path in files}
     try:
         for path, text in originals.items():
