@@ -10,6 +10,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# The project the session-wide fixture bakes (tests/conftest.py).
+NAME = "digits-e2e"
+MODULE = "digits_e2e"
 GIT_IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.com"]
 
 

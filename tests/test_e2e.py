@@ -11,37 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import bootstrap, git, make_host, make_template_repo, run
+from helpers import MODULE, NAME, git, run
 
 pytestmark = pytest.mark.e2e
 
-NAME = "digits-e2e"
-MODULE = "digits_e2e"
-
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory):
-    """A baked, installed project whose pipeline has run once on the sample digits."""
-    root = tmp_path_factory.mktemp("e2e")
-    host = make_host(root / NAME, make_template_repo(root / "template"))
-    bootstrap(host, "--torch", "cpu")
-    run(
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--no-build-isolation",
-        "-e",
-        ".",
-        cwd=host,
-    )
-    run(sys.executable, "-m", f"{MODULE}.data.sample_data", cwd=host)
-    start = time.perf_counter()
-    repro = run("dvc", "repro", cwd=host)
-    print(f"first dvc repro: {time.perf_counter() - start:.1f}s")
-    yield host, repro
-    run(sys.executable, "-m", "pip", "uninstall", "--quiet", "--yes", NAME, cwd=root)
+def project(trained_project):
+    return trained_project.root, trained_project
 
 
 def test_record_names_the_submodule_commit(project):
@@ -52,9 +29,10 @@ def test_record_names_the_submodule_commit(project):
 
 
 def test_pipeline_runs_all_stages_and_reaches_accuracy(project):
-    host, repro = project
+    host, trained = project
+    print(f"first dvc repro: {trained.repro_seconds:.1f}s")
     for stage in ("preprocess", "train", "evaluate"):
-        assert f"Running stage '{stage}'" in repro.stdout
+        assert f"Running stage '{stage}'" in trained.repro_stdout
     results = json.loads((host / "evaluation_results.json").read_text())
     assert results["accuracy"] >= 0.90, results
     assert set(results["per_class"]) == {str(digit) for digit in range(10)}
