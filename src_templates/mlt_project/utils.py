@@ -54,12 +54,13 @@ def load_model(cfg: Config, checkpoint: str | Path | None = None) -> ImageClassi
     if not path.is_file():
         raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
     model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
-    expected = {"input_shape": list(cfg.data.input_shape), "num_classes": cfg.data.num_classes}
-    for key, value in expected.items():
-        found = model.hparams[key]
-        if (list(found) if key == "input_shape" else found) != value:
+    # hparams come back from the checkpoint as lists or tuples, depending on how it was saved.
+    trained = (tuple(model.hparams["input_shape"]), model.hparams["num_classes"])
+    expected = (cfg.data.input_shape, cfg.data.num_classes)
+    for key, was, now in zip(("input_shape", "num_classes"), trained, expected, strict=True):
+        if was != now:
             raise PipelineError(
-                f"{path} was trained with {key}={found} but params.yaml gives {value}: "
+                f"{path} was trained with {key} {was} but params.yaml gives {now}: "
                 "retrain with `dvc repro` or restore the params it was trained with"
             )
     return model
