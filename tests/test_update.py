@@ -1,0 +1,392 @@
+"""`bootstrap.py --update`, `--check` and `--adopt` on a host whose submodule moves from A to B.
+
+The template repo has two real commits: A is this working tree, B changes, adds and removes
+template files. A project is baked at A (once per module, then copied), the user edits it, the
+submodule is checked out at B, and the script runs as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+import bootstrap
+from helpers import bootstrap as run_bootstrap
+from helpers import git, make_host, make_template_repo
+
+OUTCOMES = {"updated", "unchanged", "kept", "conflict", "new", "removed"}
+SUBMODULE = ".ml-aws-template"
+RECORD = bootstrap.RECORD_FILE
+
+# What commit B does to the template, and the lines the user writes; all are checked by content.
+B_PARAMS = "# B: appended to params\n"
+B_DVC = "# B: first line of dvc.yaml for mlt-project\n"
+B_TRAIN = "# B: appended to mlt_project.train\n"
+B_CONFIG = "# B: appended to config\n"
+B_NOTES = "# mlt-project notes\n"
+B_CHANGELOG = "# mlt-project changelog\n- from the template\n"
+USER_PARAMS = "# user: top of params\n"
+USER_DVC = "# user: first line of dvc.yaml\n"
+USER_README = "user notes at the end of the README\n"
+USER_ERRORS = "# user: my addition to errors\n"
+USER_CHANGELOG = "# my changelog\n- mine\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_git(tmp_path_factory):
+    """No user or system git config (a conflictStyle, say) leaks in; commits work without one."""
+    home = tmp_path_factory.mktemp("home")
+    config = home / ".gitconfig"
+    config.write_text("[user]\n\tname = Test\n\temail = test@example.com\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("GIT_CONFIG_GLOBAL", str(config))
+        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+            mp.delenv(name, raising=False)
+        yield
+
+
+def commit_b(template: Path) -> None:
+    """Change four template files, add two, remove two."""
+    project = template / "template_configs" / "project"
+    package = template / "src_templates" / "mlt_project"
+    with (project / "params.yaml").open("a") as f:
+        f.write(B_PARAMS)
+    lines = (project / "dvc.yaml").read_text().splitlines(keepends=True)
+    (project / "dvc.yaml").write_text(B_DVC + "".join(lines[1:]))
+    for name, line in (("train.py", B_TRAIN), ("config.py", B_CONFIG)):
+        with (package / name).open("a") as f:
+            f.write(line)
+    (project / "NOTES.md").write_text(B_NOTES)
+    (project / "CHANGELOG.md").write_text(B_CHANGELOG)
+    (project / "dot-dvcignore").unlink()
+    (package / "errors.py").unlink()
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "B", cwd=template)
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory) -> tuple[Path, str, str]:
+    """(host baked at A with the submodule at A, A, B)."""
+    template = make_template_repo(tmp_path_factory.mktemp("template") / "ml-aws-template")
+    a = git("rev-parse", "HEAD", cwd=template)
+    commit_b(template)
+    b = git("rev-parse", "HEAD", cwd=template)
+    host = make_host(tmp_path_factory.mktemp("host") / "cats", template)
+    git("checkout", "--quiet", a, cwd=host / SUBMODULE)
+    run_bootstrap(host, "--torch", "cpu")
+    return host, a, b
+
+
+@pytest.fixture
+def host(baked, tmp_path) -> Path:
+    """A private copy of the host baked at A (the submodule's git dir travels with it)."""
+    copy = tmp_path / "cats"
+    shutil.copytree(baked[0], copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture
+def a(baked) -> str:
+    return baked[1]
+
+
+@pytest.fixture
+def b(baked) -> str:
+    return baked[2]
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def edit_as_user(host: Path, overlapping: bool) -> None:
+    """The user's edits; `overlapping` adds the two that collide with B."""
+    params = host / "params.yaml"
+    params.write_text(USER_PARAMS + params.read_text())
+    with (host / "README.md").open("a") as f:
+        f.write(USER_README)
+    with (host / "src" / "cats" / "errors.py").open("a") as f:
+        f.write(USER_ERRORS)
+    (host / "src" / "cats" / "config.py").unlink()
+    if overlapping:
+        lines = (host / "dvc.yaml").read_text().splitlines(keepends=True)
+        (host / "dvc.yaml").write_text(USER_DVC + "".join(lines[1:]))
+        (host / "CHANGELOG.md").write_text(USER_CHANGELOG)
+
+
+def move_submodule(host: Path, commit: str) -> None:
+    git("checkout", "--quiet", commit, cwd=host / SUBMODULE)
+
+
+def outcomes(out: str) -> dict[str, str]:
+    """{path: outcome} from the rows the script prints."""
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("  ") and len(parts) >= 2 and parts[0] in OUTCOMES:
+            rows[parts[1]] = parts[0]
+    return rows
+
+
+def one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bootstrap: error: ")
+    return lines[0]
+
+
+def record(host: Path) -> dict:
+    return json.loads((host / RECORD).read_text())
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every project file (not the submodule) with its bytes, permission bits and mtime."""
+    return {
+        p.relative_to(root).as_posix(): (
+            p.read_bytes(),
+            stat.S_IMODE(p.stat().st_mode),
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and SUBMODULE not in p.relative_to(root).parts
+    }
+
+
+def assert_user_lines_kept(host: Path, overlapping: bool) -> None:
+    """Nothing the user wrote is lost, whatever the outcome."""
+    assert USER_PARAMS in (host / "params.yaml").read_text()
+    assert USER_README in (host / "README.md").read_text()
+    assert USER_ERRORS in (host / "src" / "cats" / "errors.py").read_text()
+    assert not (host / "src" / "cats" / "config.py").exists()
+    if overlapping:
+        assert USER_DVC in (host / "dvc.yaml").read_text()
+        assert USER_CHANGELOG in (host / "CHANGELOG.md").read_text()
+
+
+# --- update --------------------------------------------------------------------------------
+
+EXPECTED_CLEAN = {
+    "params.yaml": "updated",  # user prepended, B appended: merged
+    "dvc.yaml": "updated",  # B only
+    "src/cats/train.py": "updated",  # B only
+    "README.md": "kept",  # user only
+    "src/cats/config.py": "kept",  # user deleted it, B changed it: stays deleted
+    ".gitignore": "unchanged",
+    "NOTES.md": "new",
+    "CHANGELOG.md": "new",
+    ".dvcignore": "removed",  # user never changed it: deleted
+    "src/cats/errors.py": "removed",  # user changed it: left in place
+}
+EXPECTED_CONFLICT = {**EXPECTED_CLEAN, "dvc.yaml": "conflict", "CHANGELOG.md": "conflict"}
+
+
+def test_update_merges_edits_that_do_not_overlap(host, a, b):
+    fresh = (host / "src" / "cats" / "train.py").read_text()
+    edit_as_user(host, overlapping=False)
+    move_submodule(host, b)
+    start = time.perf_counter()
+    result = run_bootstrap(host, "--update")
+    seconds = time.perf_counter() - start
+    print(f"\n--update on a generated project (subprocess, cold): {seconds:.2f} s")
+
+    rows = outcomes(result.stdout)
+    assert {path: rows[path] for path in EXPECTED_CLEAN} == EXPECTED_CLEAN
+    assert set(rows.values()) <= {"updated", "unchanged", "kept", "new", "removed"}
+    assert "kept       README.md  (you changed it; the template did not)" in result.stdout
+    assert "removed    src/cats/errors.py  (upstream; left in place: you changed it)" in (
+        result.stdout
+    )
+    params = (host / "params.yaml").read_text()
+    assert params.startswith(USER_PARAMS) and params.endswith(B_PARAMS)
+    assert (host / "dvc.yaml").read_text().startswith("# B: first line of dvc.yaml for cats\n")
+    assert (
+        host / "src" / "cats" / "train.py"
+    ).read_text() == fresh + "# B: appended to cats.train\n"
+    assert (host / "NOTES.md").read_text() == "# cats notes\n"
+    assert not (host / ".dvcignore").exists()
+    assert_user_lines_kept(host, overlapping=False)
+    assert "<<<<<<<" not in "".join(p.read_text() for p in (host / "src").rglob("*.py"))
+    assert record(host)["template_version"] == b
+    assert record(host)["answers"] == {
+        "project_name": "cats",
+        "module_name": "cats",
+        "torch": "cpu",
+    }
+
+    # A second run finds nothing to do and writes nothing.
+    before = snapshot(host)
+    again = outcomes(run_bootstrap(host, "--update").stdout)
+    assert set(again.values()) <= {"unchanged", "kept", "removed"}
+    assert snapshot(host) == before
+
+
+def test_update_writes_markers_where_edits_overlap(host, a, b):
+    edit_as_user(host, overlapping=True)
+    move_submodule(host, b)
+    result = run_bootstrap(host, "--update", check=False)
+
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "2 conflict(s) left in CHANGELOG.md, dvc.yaml" in line
+    assert f"--adopt {b}" in line
+    rows = outcomes(result.stdout)
+    assert {path: rows[path] for path in EXPECTED_CONFLICT} == EXPECTED_CONFLICT
+    dvc = (host / "dvc.yaml").read_text()
+    b_line = "# B: first line of dvc.yaml for cats\n"
+    assert dvc.startswith(f"<<<<<<< yours\n{USER_DVC}=======\n{b_line}>>>>>>> template {b[:8]}\n")
+    changelog = (host / "CHANGELOG.md").read_text()
+    assert "<<<<<<< yours" in changelog and "# cats changelog" in changelog
+    # The clean merges are written all the same; the record stays at A until conflicts are gone.
+    assert (host / "params.yaml").read_text().endswith(B_PARAMS)
+    assert (host / "NOTES.md").is_file()
+    assert_user_lines_kept(host, overlapping=True)
+    assert record(host)["template_version"] == a
+
+    # Rerunning never nests markers; --adopt waits for them to be resolved.
+    rerun = run_bootstrap(host, "--update", check=False)
+    assert rerun.returncode == 1
+    assert outcomes(rerun.stdout)["dvc.yaml"] == "conflict"
+    # params.yaml already holds B's change and the user's: kept, not rewritten.
+    assert "kept       params.yaml  (you changed it; it has the template's change already)" in (
+        rerun.stdout
+    )
+    assert (host / "dvc.yaml").read_text() == dvc
+    refused = run_bootstrap(host, "--adopt", b, check=False)
+    assert "conflict markers left in" in one_error_line(refused.stderr)
+    assert record(host)["template_version"] == a
+
+    (host / "dvc.yaml").write_text(dvc.split(">>>>>>> template", 1)[1].split("\n", 1)[1])
+    (host / "CHANGELOG.md").write_text(USER_CHANGELOG)
+    run_bootstrap(host, "--adopt", b)
+    assert record(host)["template_version"] == b
+    assert run_bootstrap(host, "--check").returncode == 0
+
+
+def test_dry_run_writes_nothing(host, a, b):
+    edit_as_user(host, overlapping=True)
+    move_submodule(host, b)
+    before = snapshot(host)
+    result = run_bootstrap(host, "--update", "--dry-run", check=False)
+    assert result.returncode == 1
+    assert result.stdout.startswith("Would update project 'cats'")
+    assert "2 file(s) would conflict" in one_error_line(result.stderr)
+    planned = outcomes(result.stdout)
+    assert {path: planned[path] for path in EXPECTED_CONFLICT} == EXPECTED_CONFLICT
+    assert snapshot(host) == before
+    # The plan is what the real run then does.
+    assert outcomes(run_bootstrap(host, "--update", check=False).stdout) == planned
+
+
+def test_check_lists_what_would_change_until_updated(host, a, b):
+    edit_as_user(host, overlapping=False)
+    assert run_bootstrap(host, "--check").stdout.startswith("Up to date")
+    move_submodule(host, b)
+    result = run_bootstrap(host, "--check", check=False)
+    assert result.returncode == 1
+    assert "not at the template's version; run --update" in one_error_line(result.stderr)
+    assert outcomes(result.stdout) == {
+        "params.yaml": "updated",
+        "dvc.yaml": "updated",
+        "src/cats/train.py": "updated",
+        "NOTES.md": "new",
+        "CHANGELOG.md": "new",
+        ".dvcignore": "removed",
+    }
+    run_bootstrap(host, "--update")
+    after = run_bootstrap(host, "--check")
+    assert after.returncode == 0
+    assert after.stdout.startswith(f"Up to date with template {b[:8]}")
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 6], ids=["first", "middle", "record"])
+def test_failed_update_undoes_every_write(host, b, monkeypatch, capsys, fail_at):
+    edit_as_user(host, overlapping=False)
+    move_submodule(host, b)
+    before = snapshot(host)
+    monkeypatch.setattr(bootstrap, "TEMPLATE_DIR", host / SUBMODULE)
+    real_write = bootstrap.write_atomic
+    calls: list[str] = []
+
+    def flaky_write(path, content, mode):
+        calls.append(path.name)
+        if len(calls) == fail_at:
+            raise OSError("disk full")
+        real_write(path, content, mode)
+
+    monkeypatch.setattr(bootstrap, "write_atomic", flaky_write)
+    with pytest.raises(OSError):
+        bootstrap.main(["--target", str(host), "--update"])
+    # Writes in path order (.dvcignore is deleted before them); the record comes last.
+    writes = ["CHANGELOG.md", "NOTES.md", "dvc.yaml", "params.yaml", "train.py", RECORD]
+    assert calls[:fail_at] == writes[:fail_at]
+    assert {k: v[:2] for k, v in snapshot(host).items()} == {k: v[:2] for k, v in before.items()}
+    assert list(host.rglob("*.tmp")) == []
+
+
+# --- adopt ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["deleted", "no-version", "garbage"])
+def test_update_without_a_usable_record_names_adopt(host, b, damage):
+    if damage == "deleted":
+        (host / RECORD).unlink()
+    elif damage == "no-version":
+        (host / RECORD).write_text(json.dumps({**record(host), "template_version": None}))
+    else:
+        (host / RECORD).write_text("{not json")
+    move_submodule(host, b)
+    before = snapshot(host)
+    for args in (["--update"], ["--update", "--dry-run"], ["--check"]):
+        result = run_bootstrap(host, *args, check=False)
+        assert result.returncode == 1
+        assert "--adopt VERSION" in one_error_line(result.stderr)
+    assert snapshot(host) == before
+
+
+def test_adopt_records_a_version_so_update_works(host, a, b):
+    (host / RECORD).unlink()
+    edit_as_user(host, overlapping=False)
+    move_submodule(host, b)
+    for bad in ("0" * 40, "no-such-ref", "--help"):
+        result = run_bootstrap(host, f"--adopt={bad}", check=False)
+        assert "is not a commit in the template's history" in one_error_line(result.stderr)
+    assert not (host / RECORD).exists()
+
+    result = run_bootstrap(host, "--adopt", a[:10], "--torch", "cpu")
+    assert "project_name=cats, module_name=cats, torch=cpu" in result.stdout
+    assert record(host)["template_version"] == a
+    assert record(host)["answers"] == {
+        "project_name": "cats",
+        "module_name": "cats",
+        "torch": "cpu",
+    }
+    rows = outcomes(run_bootstrap(host, "--update").stdout)
+    assert {path: rows[path] for path in EXPECTED_CLEAN} == EXPECTED_CLEAN
+    assert record(host)["template_version"] == b
+    assert_user_lines_kept(host, overlapping=False)
+
+
+def test_check_fails_on_a_newer_version_that_changes_no_file(host, a):
+    submodule = host / SUBMODULE
+    with (submodule / "README.md").open("a") as f:
+        f.write("A change to the template's own README, which is not rendered.\n")
+    git("commit", "--quiet", "-am", "C", cwd=submodule)
+    c = git("rev-parse", "HEAD", cwd=submodule)
+    result = run_bootstrap(host, "--check", check=False)
+    assert result.returncode == 1
+    assert outcomes(result.stdout) == {RECORD: "updated"}
+    before = snapshot(host)
+    rows = outcomes(run_bootstrap(host, "--update").stdout)
+    assert set(rows.values()) == {"unchanged"}
+    assert record(host)["template_version"] == c
+    after = snapshot(host)
+    assert {k: v for k, v in after.items() if k != RECORD} == {
+        k: v for k, v in before.items() if k != RECORD
+    }
+    assert run_bootstrap(host, "--check").returncode == 0
