@@ -54,9 +54,11 @@ MAX_NAME_LENGTH = 64
 # one of these names would shadow them or be confused with them.
 RESERVED_MODULES = {
     "aiobotocore",
+    "aws",
     "boto3",
     "botocore",
     "data",
+    "docker",
     "dotenv",
     "dvc",
     "dvc_s3",
@@ -74,6 +76,7 @@ RESERVED_MODULES = {
     "pyarrow",
     "pytest",
     "pytorch_lightning",
+    "release",
     "releases",
     "ruff",
     "s3fs",
