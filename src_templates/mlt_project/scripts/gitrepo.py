@@ -1,0 +1,68 @@
+"""The few git operations releases and the model registry need, with one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+
+from ..errors import PipelineError
+
+# The release pipeline's lock file changes while `dvc repro release/dvc.yaml` runs; it records
+# the release run, not what is released, so it never makes the tree dirty.
+RELEASE_LOCK = "release/dvc.lock"
+
+
+def git(*args: str, strip: bool = True) -> str:
+    """Run git in the current folder and return its stdout; a failure is a PipelineError."""
+    try:
+        result = subprocess.run(["git", *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise PipelineError("git is not installed: install it and commit your project") from None
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["(no output)"]
+        raise PipelineError(f"git {args[0]} failed: {lines[-1]}")
+    return result.stdout.strip() if strip else result.stdout
+
+
+def head_commit(short: bool = False) -> str:
+    """The commit checked out; a PipelineError outside a repository or before the first commit."""
+    try:
+        inside = git("rev-parse", "--is-inside-work-tree") == "true"
+    except PipelineError:
+        inside = False
+    if not inside:
+        raise PipelineError("not a git repository: run `git init` and commit the project first")
+    try:
+        return git("rev-parse", *(["--short"] if short else []), "--verify", "HEAD")
+    except PipelineError:
+        raise PipelineError("the repository has no commit yet: commit the project first") from None
+
+
+def uncommitted() -> list[str]:
+    """Paths with uncommitted changes, untracked files included, except RELEASE_LOCK."""
+    pathspec = ["--", ".", f":(exclude){RELEASE_LOCK}"]
+    status = git("status", "--porcelain=v1", "--untracked-files=normal", *pathspec, strip=False)
+    return [line[3:] for line in status.splitlines() if line.strip()]  # lines are "XY path"
+
+
+def require_clean_tree(allow_dirty: bool) -> None:
+    """Refuse to go on when the working tree differs from HEAD, unless `allow_dirty`."""
+    changed = uncommitted()
+    if changed and not allow_dirty:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise PipelineError(
+            f"the working tree has uncommitted changes ({changed[0]}{more}): commit or stash "
+            "them so the tag names what was released, or pass --allow-dirty"
+        )
+
+
+def tag_exists(name: str) -> bool:
+    try:
+        git("rev-parse", "--quiet", "--verify", f"refs/tags/{name}")
+    except PipelineError:
+        return False
+    return True
+
+
+def create_annotated_tag(name: str, message: str) -> None:
+    """An annotated tag on HEAD: it records who tagged, when, and `message`."""
+    git("tag", "--annotate", name, "--message", message)

@@ -1,0 +1,87 @@
+"""A git-based model registry: each registered model is an annotated tag model-<tag>-<commit>.
+
+    python -m mlt_project.scripts.register_model --tag baseline   # tag HEAD with its metrics
+    python -m mlt_project.scripts.register_model list             # registered models, newest first
+
+The tag's message holds the evaluation metrics, so `git show model-baseline-1a2b3c4` tells what
+the model scored, and `git checkout` + `dvc pull` brings its data and checkpoint back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from ..config import PARAMS_FILE, load_config
+from ..env import load_env
+from ..errors import PipelineError, run_main
+from .gitrepo import create_annotated_tag, git, head_commit, require_clean_tree
+
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PREFIX = "model-"
+
+
+def register(tag: str, metrics_path: Path, allow_dirty: bool = False) -> str:
+    """Tag HEAD as model-<tag>-<short commit> with the metrics in the message; return the name."""
+    if not TAG_RE.fullmatch(tag) or tag.endswith((".", ".lock")):
+        raise PipelineError(
+            f"--tag {tag!r} cannot be part of a git tag: use letters, digits and '._-', "
+            "e.g. baseline or v2-augmented"
+        )
+    commit = head_commit(short=True)
+    # model-a-<commit> must not match model-a-b-<commit>: only a commit may follow the tag.
+    same = re.compile(rf"{PREFIX}{re.escape(tag)}-[0-9a-f]{{4,40}}")
+    taken = [t for t in git("tag", "--list", f"{PREFIX}{tag}-*").splitlines() if same.fullmatch(t)]
+    if taken:
+        raise PipelineError(
+            f"model {tag!r} is already registered as {taken[0]}: choose another --tag"
+        )
+    require_clean_tree(allow_dirty)
+    if not metrics_path.is_file():
+        raise PipelineError(f"{metrics_path} not found: run `dvc repro` to evaluate the model")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    name = f"{PREFIX}{tag}-{commit}"
+    summary = ", ".join(
+        f"{key} {value}" for key, value in metrics.items() if isinstance(value, int | float)
+    )
+    create_annotated_tag(name, f"{name}: {summary}\n\n{json.dumps(metrics, indent=2)}\n")
+    print(f"registered {name}: {summary}")
+    return name
+
+
+def registered() -> list[str]:
+    """One line per registered model, newest first: tag, date, metrics summary."""
+    listing = git(
+        "for-each-ref",
+        "--sort=-creatordate",
+        "--format=%(refname:short)\t%(creatordate:short)\t%(contents:subject)",
+        f"refs/tags/{PREFIX}*",
+    )
+    return listing.splitlines()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", choices=["register", "list"], default="register")
+    parser.add_argument("--tag", help="the model's name in the tag model-<tag>-<commit>")
+    parser.add_argument("--allow-dirty", action="store_true", help="despite uncommitted changes")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+    if args.command == "register" and not args.tag:
+        parser.error("--tag is required to register a model (or use `list`)")
+    load_env()
+
+    def run() -> None:
+        if args.command == "list":
+            for line in registered() or ["no registered models"]:
+                print(line)
+            return
+        register(args.tag, Path(load_config(args.params).paths.metrics), args.allow_dirty)
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+from mlt_project.data.store import read_split, split_path
+from mlt_project.errors import PipelineError
+from mlt_project.onnx_export import check_parity, export_onnx
+from mlt_project.utils import create_model
+
+
+def test_onnx_export_matches_pytorch_and_the_gate_catches_a_changed_model(processed, tmp_path):
+    cfg = processed
+    model = create_model(cfg).eval()
+    images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, cfg.data.input_shape, cfg.release.onnx_opset)
+    parity = check_parity(model, path, images, cfg.release.parity_atol)
+    assert parity["max_abs_diff"] <= cfg.release.parity_atol
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05)
+    with pytest.raises(PipelineError, match="parity gate failed"):
+        check_parity(model, path, images, cfg.release.parity_atol)

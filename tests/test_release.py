@@ -1,0 +1,449 @@
+"""Releases against real services on loopback: a moto S3 server, real git tags, DVC's S3 remote.
+
+One copy of the trained project is released once (module fixture); the tests then check what
+the bucket, git and the files hold, and that every bad input stops with one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import botocore.session
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from helpers import MODULE, NAME, env, git, run
+
+pytestmark = pytest.mark.e2e
+
+BUCKET = "releases"
+DVC_BUCKET = "dvc-store"
+PREFIX = "models"
+VERSION = "0.1.0"
+RELEASE_STAGES = {f"release/dvc.yaml:{s}" for s in ("export_onnx", "create_tag", "upload_s3")}
+RELEASE_OBJECTS = {
+    "model.onnx",
+    "model.ckpt",
+    "model_info.json",
+    "evaluation_results.json",
+    "params.yaml",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 at a free port, stopped by its PID afterwards."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert server.poll() is None, "moto_server exited at start"
+                assert time.monotonic() < deadline, "moto_server did not start in 60s"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def s3_client(endpoint: str):
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def aws_env(endpoint: str, tmp: Path, **overrides: str) -> dict[str, str]:
+    """Dummy credentials for moto, nothing read from ~/.aws or the instance metadata service."""
+    values = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-credentials"),
+        "AWS_CONFIG_FILE": str(tmp / "no-config"),
+        "MODEL_RELEASE_S3_BUCKET": BUCKET,
+        "GIT_AUTHOR_NAME": "Test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "Test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    return values | overrides
+
+
+@dataclass(frozen=True)
+class Released:
+    root: Path
+    endpoint: str
+    env: dict[str, str]
+    output: str
+    seconds: float
+    plain_repro: str
+    status_before: dict
+
+
+@pytest.fixture(scope="module")
+def released(trained_project, s3_endpoint, tmp_path_factory) -> Released:
+    """A committed copy of the trained project, released once with `dvc repro release/dvc.yaml`."""
+    tmp = tmp_path_factory.mktemp("release")
+    root = tmp / NAME
+    shutil.copytree(trained_project.root, root, symlinks=True)
+    git("add", "-A", cwd=root)
+    git("commit", "--quiet", "-m", "trained", cwd=root)
+    plain_repro = run("dvc", "repro", cwd=root).stdout
+    status_before = json.loads(run("dvc", "status", "--json", cwd=root).stdout)
+    s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
+    # .env names a bucket the real environment overrides, and the prefix nobody else sets.
+    (root / ".env").write_text(
+        f"MODEL_RELEASE_S3_BUCKET=not-this-one\nMODEL_RELEASE_S3_PREFIX={PREFIX}\n"
+    )
+    variables = aws_env(s3_endpoint, tmp)
+    start = time.perf_counter()
+    result = run("dvc", "repro", "release/dvc.yaml", cwd=root, **variables)
+    seconds = time.perf_counter() - start
+    return Released(
+        root, s3_endpoint, variables, result.stdout + result.stderr, seconds, plain_repro,
+        status_before,
+    )  # fmt: skip
+
+
+def release(r: Released, *args: str, check: bool = False, **overrides: str):
+    return run(
+        "python", "-m", f"{MODULE}.scripts.release", *args, cwd=r.root, check=check,
+        **(r.env | overrides),
+    )  # fmt: skip
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit 1 and a single stderr line, `error: ...`, holding every fragment."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def objects(r: Released, prefix: str) -> dict[str, dict]:
+    listing = s3_client(r.endpoint).list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"][len(prefix) :]: o for o in listing.get("Contents", [])}
+
+
+def version_prefix(version: str = VERSION, prefix: str = PREFIX) -> str:
+    return f"{prefix}/{NAME}/{version}/"
+
+
+# --- the release flow ----------------------------------------------------------------------
+
+
+def test_plain_repro_leaves_the_release_alone(released):
+    assert "release" not in released.plain_repro
+    assert "Data and pipelines are up to date." in released.plain_repro
+    # `dvc status` lists the release stages until the first release, and nothing else.
+    assert set(released.status_before) == RELEASE_STAGES
+    assert json.loads(run("dvc", "status", "--json", cwd=released.root).stdout) == {}
+
+
+def test_release_pipeline_uploads_every_object_with_its_sha256(released):
+    r = released
+    for stage in RELEASE_STAGES:
+        assert f"Running stage '{stage}'" in r.output
+    assert "Running stage 'train'" not in r.output
+    client = s3_client(r.endpoint)
+    stored = objects(r, version_prefix())
+    assert set(stored) == RELEASE_OBJECTS | {"manifest.json"}, "the real environment's bucket"
+    manifest = json.loads(
+        client.get_object(Bucket=BUCKET, Key=version_prefix() + "manifest.json")["Body"].read()
+    )
+    assert set(manifest["objects"]) == RELEASE_OBJECTS
+    local = {
+        "model.onnx": "releases/model.onnx",
+        "model.ckpt": "models/model.ckpt",
+        "model_info.json": "releases/model_info.json",
+        "evaluation_results.json": "evaluation_results.json",
+        "params.yaml": "params.yaml",
+    }
+    for name, entry in manifest["objects"].items():
+        response = client.get_object(Bucket=BUCKET, Key=version_prefix() + name)
+        body = response["Body"].read()
+        expected = sha256((r.root / local[name]).read_bytes())
+        assert sha256(body) == entry["sha256"] == response["Metadata"]["sha256"] == expected
+        assert entry["size"] == len(body)
+    # The manifest is written last: a version is released only once all else is there.
+    assert stored["manifest.json"]["LastModified"] >= max(
+        o["LastModified"] for name, o in stored.items() if name != "manifest.json"
+    )
+
+    info = json.loads((r.root / "releases" / "model_info.json").read_text())
+    head = git("rev-parse", "HEAD", cwd=r.root)
+    assert (info["version"], info["git_commit"], info["git_dirty"]) == (VERSION, head, False)
+    assert info["class_names"] == [str(d) for d in range(10)]
+    assert info["input"]["shape"] == ["batch", 1, 8, 8]
+    assert info["metrics"] == json.loads((r.root / "evaluation_results.json").read_text())
+    lock = (r.root / "dvc.lock").read_text()
+    assert info["data"]["data/processed"] in lock
+    parity = info["parity"]
+    assert parity["classes_identical"] and parity["max_abs_diff"] <= parity["atol"]
+    model = onnx.load(r.root / "releases" / "model.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    batch_axis = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_axis.dim_param and not batch_axis.dim_value, "batch axis is not dynamic"
+
+    timing = re.search(r"uploaded in ([\d.]+)s, verified in ([\d.]+)s", r.output)
+    assert timing, r.output[-2000:]
+    print(
+        f"\nrelease pipeline {r.seconds:.1f}s; export {info['export_seconds']:.2f}s; parity max "
+        f"abs diff {parity['max_abs_diff']:.2e} on {parity['samples']} images (atol "
+        f"{parity['atol']:g}); upload {timing[1]}s, verify {timing[2]}s"
+    )
+
+
+def test_release_tag_and_model_registry(released):
+    r = released
+    root = r.root
+    head = git("rev-parse", "HEAD", cwd=root)
+    assert git("cat-file", "-t", f"v{VERSION}", cwd=root) == "tag"
+    assert git("rev-list", "-n", "1", f"v{VERSION}", cwd=root) == head
+    accuracy = json.loads((root / "evaluation_results.json").read_text())["accuracy"]
+    assert f"accuracy {accuracy}" in git("tag", "-n1", f"v{VERSION}", cwd=root)
+    one_error_line(release(r, "create-tag"), f"tag v{VERSION} already exists")
+
+    registry = ("python", "-m", f"{MODULE}.scripts.register_model")
+    run(*registry, "--tag", "baseline", cwd=root, **r.env)
+    name = f"model-baseline-{git('rev-parse', '--short', 'HEAD', cwd=root)}"
+    assert git("cat-file", "-t", name, cwd=root) == "tag"
+    assert git("rev-list", "-n", "1", name, cwd=root) == head
+    message = git("tag", "-l", "--format=%(contents)", name, cwd=root)
+    assert f"accuracy {accuracy}" in message and '"per_class"' in message
+    listed = run(*registry, "list", cwd=root, **r.env).stdout
+    assert listed.startswith(name)
+    again = run(*registry, "--tag", "baseline", cwd=root, check=False, **r.env)
+    one_error_line(again, f"already registered as {name}")
+
+
+def test_dirty_tree_is_refused(released):
+    r = released
+    readme = r.root / "README.md"
+    original = readme.read_text()
+    try:
+        readme.write_text(original + "\nan uncommitted line\n")
+        one_error_line(
+            release(r, "create-tag", "--version", "0.2.0"), "uncommitted changes (README.md)"
+        )
+        registry = ("python", "-m", f"{MODULE}.scripts.register_model", "--tag", "dirty")
+        one_error_line(run(*registry, cwd=r.root, check=False, **r.env), "uncommitted changes")
+    finally:
+        readme.write_text(original)
+    assert git("tag", "-l", "v0.2.0", "model-dirty-*", cwd=r.root) == ""
+
+
+def test_a_released_version_is_not_replaced(released):
+    before = objects(released, version_prefix())
+    one_error_line(release(released, "upload-s3"), f"version {VERSION} is already released")
+    assert objects(released, version_prefix()) == before
+
+
+def test_parity_gate_stops_a_perturbed_onnx_file_before_any_upload(released):
+    r = released
+    path = r.root / "releases" / "model.onnx"
+    original = path.read_bytes()
+    try:
+        model = onnx.load(path)
+        weights = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+        perturbed = onnx.numpy_helper.to_array(weights) + np.float32(0.05)
+        weights.CopyFrom(onnx.numpy_helper.from_array(perturbed, weights.name))
+        onnx.save(model, path)
+        result = release(r, "upload-s3", MODEL_RELEASE_S3_PREFIX="perturbed")
+        one_error_line(result, "parity gate failed", "predicts another class")
+    finally:
+        path.write_bytes(original)
+    assert objects(r, "perturbed/") == {}
+
+
+def test_benchmark_compares_pytorch_and_onnx_runtime(released, tmp_path):
+    out = tmp_path / "benchmark.json"
+    run(
+        "python", "-m", f"{MODULE}.scripts.export_and_benchmark", "--batch-sizes", "1", "256",
+        "--warmup", "10", "--iterations", "50", "--out", out, cwd=released.root,
+    )  # fmt: skip
+    results = json.loads(out.read_text())
+    runs = {(row["runtime"], row["device"]) for row in results["runs"]}
+    assert {("pytorch", "cpu"), ("onnxruntime", "cpu")} <= runs
+    assert results["parity"]["max_abs_diff"] <= results["parity"]["atol"]
+    ratios = results["ratios"]["cpu"]
+    print(
+        f"\nbenchmark (CPU): ORT/PyTorch p50 latency at batch 1 "
+        f"{ratios['latency_p50_ort_over_pytorch']:.2f}, throughput at batch 256 "
+        f"{ratios['throughput_ort_over_pytorch_at_256']:.2f}; export {results['export_seconds']:.2f}s"
+    )
+
+
+# --- DVC's S3 remote ----------------------------------------------------------------------
+
+
+def test_dvc_push_then_pull_restores_identical_files(released):
+    r = released
+    root = r.root
+    s3_client(r.endpoint).create_bucket(Bucket=DVC_BUCKET)
+    run(
+        "python",
+        "-m",
+        f"{MODULE}.scripts.dvc_remote",
+        cwd=root,
+        **r.env,
+        DVC_S3_BUCKET_NAME=DVC_BUCKET,
+    )
+    assert git("status", "--porcelain", "--", ".dvc", cwd=root) == "", "remote config committed"
+    tracked = [root / "models" / "model.ckpt", *sorted((root / "data" / "processed").iterdir())]
+    before = {p: sha256(p.read_bytes()) for p in tracked}
+    start = time.perf_counter()
+    run("dvc", "push", cwd=root, **r.env)
+    pushed = time.perf_counter() - start
+    listing = s3_client(r.endpoint).list_objects_v2(Bucket=DVC_BUCKET, Prefix=f"{NAME}/")
+    assert listing.get("KeyCount", 0) >= len(tracked)
+    shutil.rmtree(root / ".dvc" / "cache")
+    shutil.rmtree(root / "data" / "processed")
+    (root / "models" / "model.ckpt").unlink()
+    start = time.perf_counter()
+    run("dvc", "pull", cwd=root, **r.env)
+    print(f"\ndvc push {pushed:.1f}s, pull {time.perf_counter() - start:.1f}s")
+    assert {p: sha256(p.read_bytes()) for p in tracked} == before
+
+
+# --- batch prediction -----------------------------------------------------------------------
+
+
+def predict(r: Released, source: Path | str, out: Path, check: bool = True):
+    return run(
+        "python", "-m", f"{MODULE}.predict", source, "--out", out, cwd=r.root, check=check
+    )  # fmt: skip
+
+
+def predicted(path: Path) -> list[tuple[str, str]]:
+    with path.open(newline="") as f:
+        return [(row["input"], row["predicted"]) for row in csv.DictReader(f)]
+
+
+def test_predict_agrees_with_eval(released, tmp_path):
+    r = released
+    evaluated = [
+        row["predicted"] for row in csv.DictReader((r.root / "plots/confusion.csv").open())
+    ]
+    out = tmp_path / "from-parquet.csv"
+    predict(r, "data/processed/test.parquet", out)
+    assert [label for _, label in predicted(out)] == evaluated
+    # The same test images as PNG files: the raw files of the test split, in split order.
+    listing = (
+        "from pathlib import Path\n"
+        f"from {MODULE}.config import load_config\n"
+        f"from {MODULE}.data.preprocess import find_images, split_indices\n"
+        "cfg = load_config()\n"
+        "_, files, labels = find_images(Path(cfg.paths.raw))\n"
+        "print('\\n'.join(str(files[i]) for i in split_indices(labels, cfg.data)['test']))\n"
+    )
+    files = run("python", "-c", listing, cwd=r.root).stdout.split()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, name in enumerate(files):
+        shutil.copy(r.root / name, folder / f"{i:04d}.png")
+    out = tmp_path / "from-folder.csv"
+    predict(r, folder, out)
+    assert [label for _, label in predicted(out)] == evaluated
+
+
+def test_predict_converts_images_as_training_does_and_names_an_unreadable_one(released, tmp_path):
+    r = released
+    gray = next((r.root / "data" / "raw" / "7").iterdir())
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(gray, folder / "a-gray.png")
+    pixels = np.asarray(Image.open(gray))
+    Image.fromarray(np.stack([pixels] * 3, axis=-1)).save(folder / "b-rgb.png")
+    Image.fromarray(np.stack([pixels] * 3, axis=-1)).resize((32, 32)).save(folder / "c-big.jpg")
+    out = tmp_path / "mixed.csv"
+    predict(r, folder, out)
+    rows = dict(predicted(out))
+    assert len(rows) == 3
+    assert rows[str(folder / "b-rgb.png")] == rows[str(folder / "a-gray.png")]
+
+    (folder / "d-broken.png").write_bytes(b"not a png")
+    result = predict(r, folder, tmp_path / "broken.csv", check=False)
+    one_error_line(result, f"cannot read image {folder / 'd-broken.png'}")
+    assert not (tmp_path / "broken.csv").exists()
+
+
+# --- bad input: one line, exit 1, nothing lost ----------------------------------------------
+
+
+def test_export_without_a_checkpoint(released):
+    r = released
+    checkpoint = r.root / "models" / "model.ckpt"
+    aside = r.root / "model.ckpt.aside"
+    checkpoint.rename(aside)
+    try:
+        one_error_line(release(r, "export-onnx"), "no checkpoint at models/model.ckpt", "dvc repro")
+        assert (r.root / "releases" / "model.onnx").is_file(), "the previous export was lost"
+    finally:
+        aside.rename(checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, ["no AWS credentials"]),
+        ({"MODEL_RELEASE_S3_BUCKET": "no-such-bucket"}, ["bucket 'no-such-bucket' does not exist"]),
+        ({"AWS_ENDPOINT_URL": "closed"}, ["cannot reach S3", "after 3 attempts"]),
+        ({"MODEL_RELEASE_S3_BUCKET": ""}, ["MODEL_RELEASE_S3_BUCKET is not set", ".env"]),
+    ],
+    ids=["no-credentials", "bucket-missing", "endpoint-unreachable", "no-bucket-variable"],
+)
+def test_upload_problems(released, overrides, fragments):
+    if overrides.get("AWS_ENDPOINT_URL") == "closed":
+        overrides = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens
+    start = time.perf_counter()
+    # An empty MODEL_RELEASE_S3_BUCKET in the environment still wins over the one in .env.
+    result = release(released, "upload-s3", MODEL_RELEASE_S3_PREFIX="problems", **overrides)
+    seconds = time.perf_counter() - start
+    one_error_line(result, *fragments)
+    assert seconds < 60, f"took {seconds:.0f}s"
+    assert objects(released, "problems/") == {}
