@@ -1,0 +1,179 @@
+"""Train on AWS Batch: register the job definition, submit a job, read its status.
+
+    python -m mlt_project.scripts.batch register [--image URI]   # a new job-definition revision
+    python -m mlt_project.scripts.batch submit [--queue NAME]    # a job on the latest revision
+    python -m mlt_project.scripts.batch status JOB_ID
+
+The job definition is aws/batch-job.json, or aws/batch-job-multinode.json when
+training.num_nodes in params.yaml is above 1 (its numNodes is set from that value). Settings
+come from the environment, or from .env where the environment is silent: BATCH_IMAGE_URI,
+BATCH_JOB_QUEUE, BATCH_JOB_ROLE_ARN (optional), DVC_S3_BUCKET_NAME (passed on to the job), and
+the usual AWS_DEFAULT_REGION, AWS_PROFILE or keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+from ..config import PARAMS_FILE, load_config
+from ..env import load_env
+from ..errors import PipelineError, run_main
+
+SINGLE_NODE_FILE = Path("aws/batch-job.json")
+MULTI_NODE_FILE = Path("aws/batch-job-multinode.json")
+BUILD_HINT = "the URI docker/build_and_push.sh prints"
+
+
+def read_definition(num_nodes: int) -> dict[str, Any]:
+    """The job-definition file for a single-node or a multi-node job, as written."""
+    path = MULTI_NODE_FILE if num_nodes > 1 else SINGLE_NODE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run from the project root") from None
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"{path} is not valid JSON at line {error.lineno}: fix it") from None
+
+
+def job_definition(num_nodes: int, image: str, job_role_arn: str | None) -> dict[str, Any]:
+    """The RegisterJobDefinition request: the file, with the image, role and node count filled in."""
+    request = read_definition(num_nodes)
+    if num_nodes > 1:
+        request["nodeProperties"]["numNodes"] = num_nodes
+        containers = [
+            node["container"] for node in request["nodeProperties"]["nodeRangeProperties"]
+        ]
+    else:
+        containers = [request["containerProperties"]]
+    for container in containers:
+        container["image"] = image
+        if job_role_arn:
+            container["jobRoleArn"] = job_role_arn
+        # The entrypoint makes the DVC remote from it (scripts.dvc_remote), as on a laptop.
+        if os.environ.get("DVC_S3_BUCKET_NAME"):
+            variables = container.setdefault("environment", [])
+            variables.append(
+                {"name": "DVC_S3_BUCKET_NAME", "value": os.environ["DVC_S3_BUCKET_NAME"]}
+            )
+    return request
+
+
+def register(cfg_path: Path, image: str | None) -> dict[str, Any]:
+    """Register a new revision of the job definition; return its name, revision and ARN."""
+    image = image or os.environ.get("BATCH_IMAGE_URI", "").strip()
+    if not image:
+        raise PipelineError(
+            f"no image URI: pass --image or set BATCH_IMAGE_URI in .env ({BUILD_HINT})"
+        )
+    num_nodes = load_config(cfg_path).training.num_nodes
+    request = job_definition(num_nodes, image, os.environ.get("BATCH_JOB_ROLE_ARN") or None)
+    with aws_errors("RegisterJobDefinition"):
+        response = batch_client().register_job_definition(**request)
+    result = {key: response[key] for key in ("jobDefinitionName", "revision", "jobDefinitionArn")}
+    print(f"registered {result['jobDefinitionArn']} (image {image}, {num_nodes} node(s))")
+    return result
+
+
+def submit(cfg_path: Path, queue: str | None, name: str | None) -> str:
+    """Submit a job on the latest revision of the job definition; return the job id."""
+    queue = queue or os.environ.get("BATCH_JOB_QUEUE", "").strip()
+    if not queue:
+        raise PipelineError("no job queue: pass --queue or set BATCH_JOB_QUEUE in .env")
+    num_nodes = load_config(cfg_path).training.num_nodes
+    definition = read_definition(num_nodes)["jobDefinitionName"]
+    job_name = name or f"{definition}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with aws_errors("SubmitJob"):
+        response = batch_client().submit_job(
+            jobName=job_name, jobQueue=queue, jobDefinition=definition
+        )
+    print(f"submitted {job_name} to {queue}: job id {response['jobId']}")
+    print(f"follow it with: python -m mlt_project.scripts.batch status {response['jobId']}")
+    return response["jobId"]
+
+
+def status(job_id: str) -> dict[str, Any]:
+    """Print and return the job's name, status and, once it has one, the reason."""
+    with aws_errors("DescribeJobs"):
+        jobs = batch_client().describe_jobs(jobs=[job_id])["jobs"]
+    if not jobs:
+        raise PipelineError(f"no job {job_id!r} in this account and region: check the job id")
+    job = jobs[0]
+    reason = job.get("statusReason", "")
+    print(f"{job['jobName']} ({job['jobId']}): {job['status']}" + (f": {reason}" if reason else ""))
+    return {key: job.get(key) for key in ("jobName", "jobId", "status", "statusReason")}
+
+
+def batch_client() -> Any:
+    """A Batch client; botocore reads AWS_ENDPOINT_URL, the region and the credentials itself."""
+    session = botocore.session.get_session()
+    if session.get_credentials() is None:
+        raise PipelineError(
+            "no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (environment or .env), or run where an IAM role applies"
+        )
+    config = BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5)
+    try:
+        return session.create_client("batch", config=config)
+    except NoRegionError:
+        raise PipelineError(
+            "no AWS region: set AWS_DEFAULT_REGION in .env or the environment"
+        ) from None
+
+
+@contextmanager
+def aws_errors(operation: str) -> Iterator[None]:
+    """Turn what AWS refuses (permissions, unknown queue, bad request) into one line."""
+    try:
+        yield
+    except ClientError as error:
+        details = error.response.get("Error", {})
+        raise PipelineError(
+            f"AWS Batch {operation} failed: {details.get('Code', 'error')}: "
+            f"{details.get('Message', error)}"
+        ) from None
+    except NoCredentialsError:
+        raise PipelineError("no AWS credentials found: set AWS_PROFILE or AWS keys") from None
+    except BotoCoreError as error:
+        raise PipelineError(f"AWS Batch {operation} failed: {error}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    commands = parser.add_subparsers(dest="command", required=True)
+    register_parser = commands.add_parser("register", help="register a job-definition revision")
+    register_parser.add_argument(
+        "--image", help=f"image URI (default: $BATCH_IMAGE_URI; {BUILD_HINT})"
+    )
+    submit_parser = commands.add_parser("submit", help="submit a training job")
+    submit_parser.add_argument("--queue", help="job queue (default: $BATCH_JOB_QUEUE)")
+    submit_parser.add_argument("--name", help="job name (default: definition name + time)")
+    status_parser = commands.add_parser("status", help="print a job's status")
+    status_parser.add_argument("job_id")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        load_env()
+        if args.command == "register":
+            register(args.params, args.image)
+        elif args.command == "submit":
+            submit(args.params, args.queue, args.name)
+        else:
+            status(args.job_id)
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
