@@ -1,12 +1,13 @@
 # Two commands for a fresh machine:
 #   make demo   bake a throwaway project, install it, run its pipeline on the sample digits
 #   make test   run this repository's tests
+#   make bench  measure the generated project against bare baselines (BENCHMARKS.md)
 PYTHON ?= python3
 VENV := .venv
 POETRY_VENV := .venv-poetry
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint clean
+.PHONY: demo test bench lint clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed $(POETRY_VENV)/.installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" POETRY="$(CURDIR)/$(POETRY_VENV)/bin/poetry" \
 		$(VENV)/bin/python -m pytest
+
+bench: $(VENV)/.installed
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python benchmarks/run.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -54,18 +54,19 @@ def test_second_repro_runs_nothing(project):
 
 def test_a_param_change_reruns_only_the_stages_that_list_it(project):
     host, _ = project
+    # dvc.yaml only: `dvc status` also lists release/dvc.yaml's stages until the first release.
     params = host / "params.yaml"
     original = params.read_text()
     try:
         params.write_text(original.replace("  max_epochs: 30", "  max_epochs: 29"))
-        changed = json.loads(run("dvc", "status", "--json", cwd=host).stdout)
+        changed = json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=host).stdout)
         assert set(changed) == {"train"}, changed  # evaluate follows once train's output changes
         params.write_text(original.replace("  batch_size: 512", "  batch_size: 256"))
-        changed = json.loads(run("dvc", "status", "--json", cwd=host).stdout)
+        changed = json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=host).stdout)
         assert set(changed) == {"evaluate"}, changed
     finally:
         params.write_text(original)
-    assert json.loads(run("dvc", "status", "--json", cwd=host).stdout) == {}
+    assert json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=host).stdout) == {}
 
 
 def test_metrics_and_confusion_plot_render(project):

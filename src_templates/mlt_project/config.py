@@ -31,6 +31,8 @@ class PathsConfig:
     metrics: str
     plots: str
     logs: str
+    release: str  # releases/: model.onnx, model_info.json, benchmark.json
+    checkpoints: str  # resume state of an interrupted training run; not a DVC output
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class DataConfig:
     val_fraction: float
     test_fraction: float
     seed: int
+    workers: int | str  # processes that decode images in preprocess; "auto" = one per CPU core
+    skip_corrupt: bool  # skip (and count) unreadable images instead of stopping at the first
 
     def __post_init__(self) -> None:
         if len(self.image_size) != 2 or min(self.image_size) < 1:
@@ -54,6 +58,8 @@ class DataConfig:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave images for training")
+        if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 1):
+            raise ValueError('workers must be at least 1, or "auto"')
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -85,12 +91,18 @@ class TrainingConfig:
     max_epochs: int
     num_workers: int
     accelerator: str  # auto | cpu | gpu | cuda | mps
-    devices: int | str  # a count, or "auto"
+    devices: int | str  # a count per machine, or "auto"
+    num_nodes: int  # machines; more than 1 only in a multi-node AWS Batch job
     precision: str  # auto (bf16-mixed where the GPU supports it, else 32-true) or a Lightning value
     seed: int
+    pin_memory: bool  # page-locked batches for faster copies to the GPU; ignored without one
+    persistent_workers: bool  # keep DataLoader workers between epochs (num_workers > 0)
+    streaming: bool | str  # read Parquet row group by row group; auto = when data > RAM / 4
+    compile: bool  # torch.compile the model: slower first steps, faster after (mostly GPUs)
+    checkpoint_every_n_steps: int  # resume checkpoint interval; SIGTERM also saves one
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_epochs"):
+        for name in ("batch_size", "max_epochs", "checkpoint_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.lr <= 0:
@@ -99,6 +111,12 @@ class TrainingConfig:
             raise ValueError("num_workers must be 0 or more")
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ValueError('devices must be a number or "auto"')
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ValueError('devices must be at least 1, or "auto"')
+        if self.num_nodes < 1:
+            raise ValueError("num_nodes must be at least 1")
+        if isinstance(self.streaming, str) and self.streaming != "auto":
+            raise ValueError('streaming must be true, false or "auto"')
 
 
 @dataclass(frozen=True)
@@ -112,8 +130,20 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class ReleaseConfig:
-    version: str
+    version: str  # a version such as 0.1.0, or "describe": `git describe --tags --match "v*"`
     onnx_opset: int
+    parity_atol: float  # largest |PyTorch - ONNX Runtime| logit difference a release accepts
+    parity_samples: int  # test-split images the parity gate compares (all, if fewer)
+
+    def __post_init__(self) -> None:
+        if not self.version.strip():
+            raise ValueError("version must not be empty")
+        if self.onnx_opset < 7:
+            raise ValueError("onnx_opset must be at least 7")
+        if self.parity_atol <= 0:
+            raise ValueError("parity_atol must be positive")
+        if self.parity_samples < 1:
+            raise ValueError("parity_samples must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def evaluate(cfg: Config) -> dict[str, object]:
     log = setup_logger()
     model = load_model(cfg)
     datamodule = create_datamodule(cfg)
-    trainer = create_trainer(cfg, logger=False)
+    # One process: under DDP each rank would predict only its share of the test set.
+    trainer = create_trainer(cfg, logger=False, devices=1, num_nodes=1)
     logits = torch.cat(trainer.predict(model, datamodule=datamodule))
     labels = datamodule.datasets["test"].labels
     class_names = datamodule.class_names

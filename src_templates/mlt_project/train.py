@@ -6,28 +6,61 @@ python -m mlt_project.train [--params params.yaml]
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .config import PARAMS_FILE, Config, load_config
-from .errors import run_main
-from .files import atomic_output
+from .errors import Interrupted, PipelineError, run_main
+from .resume import ResumeCheckpoint, find_resume, resume_file, run_fingerprint, save_checkpoint
 from .utils import create_datamodule, create_model, create_trainer, setup_logger
 
 
 def train(cfg: Config) -> dict[str, float]:
-    """Fit the model, save it to paths.model, and return the final logged metrics."""
+    """Fit the model, save it to paths.model, and return the final logged metrics.
+
+    Resumes from paths.checkpoints when an interrupted run of the same params, data and code
+    left a checkpoint there (resume.py); on SIGTERM saves one and exits with code 75.
+    """
     log = setup_logger()
     L.seed_everything(cfg.training.seed, workers=True)
-    datamodule = create_datamodule(cfg)
-    model = create_model(cfg)
-    trainer = create_trainer(cfg)
-    trainer.fit(model, datamodule=datamodule)
-    with atomic_output(cfg.paths.model) as tmp:
-        trainer.save_checkpoint(tmp)
+    fingerprint = run_fingerprint(cfg)
+    resume = ResumeCheckpoint(resume_file(cfg), fingerprint, cfg.training.checkpoint_every_n_steps)
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    resume.install_handler()  # from here on, SIGTERM means: checkpoint at the next step, then stop
+    try:
+        datamodule = create_datamodule(cfg)
+        model = create_model(cfg)
+        trainer = create_trainer(cfg)
+        trainer.callbacks.append(resume)
+        # Lightning fits the compiled module and saves the plain one's weights in the checkpoint.
+        trainer.fit(
+            torch.compile(model) if cfg.training.compile else model,
+            datamodule=datamodule,
+            # Every process loads the checkpoint itself: the nodes of a multi-node job each have
+            # a disk of their own, so only a single machine resumes.
+            ckpt_path=find_resume(cfg, fingerprint) if cfg.training.num_nodes == 1 else None,
+        )
+    except PipelineError:
+        print(file=sys.stderr)  # end the progress bar's line: the error gets a line of its own
+        raise
+    except SIGTERMException:
+        # Lightning's handler caught a SIGTERM before training started: nothing to save yet.
+        raise Interrupted() from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous_handler)
+    save_checkpoint(trainer, cfg.paths.model)
+    if trainer.is_global_zero:
+        resume_file(cfg).unlink(missing_ok=True)  # the run is complete: nothing to resume
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-    log.info("saved %s; %s", cfg.paths.model, {k: round(v, 4) for k, v in metrics.items()})
+    if trainer.is_global_zero:
+        log.info("saved %s; %s", cfg.paths.model, {k: round(v, 4) for k, v in metrics.items()})
     return metrics
 
 

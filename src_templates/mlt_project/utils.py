@@ -9,22 +9,32 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .config import Config
 from .data.datamodule import ImageDataModule
-from .errors import PipelineError
+from .distributed import require_rendezvous
+from .errors import PipelineError, RedactSecrets
 from .model import ImageClassifier
+from .resume import read_checkpoint
 
 # Batches come from in-memory tensors, so worker processes would only add start-up time.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 # Lightning's own use of a torch API that torch has deprecated; nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
+# Steps between TensorBoard points, loss logs and progress-bar redraws. Drawing the bar (and
+# reading the metrics it shows) every step costs more than a step of a small model.
+LOG_EVERY_N_STEPS = 10
+
 
 def setup_logger(level: int = logging.INFO) -> logging.Logger:
     """Log to stderr with timestamps; returns the package's logger."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
     return logging.getLogger(__package__)
 
 
@@ -34,7 +44,10 @@ def create_datamodule(cfg: Config) -> ImageDataModule:
         batch_size=cfg.training.batch_size,
         eval_batch_size=cfg.evaluation.batch_size,
         num_workers=cfg.training.num_workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=cfg.training.pin_memory and torch.cuda.is_available(),
+        persistent_workers=cfg.training.persistent_workers,
+        streaming=cfg.training.streaming,
+        seed=cfg.training.seed,
     )
 
 
@@ -53,7 +66,19 @@ def load_model(cfg: Config, checkpoint: str | Path | None = None) -> ImageClassi
     path = Path(checkpoint or cfg.paths.model)
     if not path.is_file():
         raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
-    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+    read_checkpoint(path)  # a clear error for a file that is no checkpoint, or a too new one
+    try:
+        model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+    except (RuntimeError, TypeError) as error:
+        # A state_dict that does not fit the model class (its code or its hparams changed).
+        detail = next(
+            (line.strip() for line in str(error).splitlines() if "size mismatch" in line),
+            str(error).strip().splitlines()[-1],
+        )
+        raise PipelineError(
+            f"{path} does not fit the model in model/model.py ({detail}): retrain with "
+            "`dvc repro`, or restore the model code it was trained with"
+        ) from None
     # hparams come back from the checkpoint as lists or tuples, depending on how it was saved.
     trained = (tuple(model.hparams["input_shape"]), model.hparams["num_classes"])
     expected = (cfg.data.input_shape, cfg.data.num_classes)
@@ -80,12 +105,19 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
     options: dict[str, Any] = {
         "accelerator": training.accelerator,
         "devices": training.devices,
+        "num_nodes": training.num_nodes,
         "precision": resolve_precision(training.precision, training.accelerator),
         "max_epochs": training.max_epochs,
         "logger": TensorBoardLogger(cfg.paths.logs, name="") if logger else False,
         "enable_checkpointing": False,  # train.py writes the one checkpoint DVC tracks
-        "log_every_n_steps": 10,
+        "log_every_n_steps": LOG_EVERY_N_STEPS,
+        "callbacks": [TQDMProgressBar(refresh_rate=LOG_EVERY_N_STEPS)],
         "enable_model_summary": logger,
     }
     options.update(overrides)
+    devices, num_nodes = options["devices"], options["num_nodes"]
+    if num_nodes > 1 or (isinstance(devices, int) and devices > 1):
+        require_rendezvous(num_nodes)
+        # One process per device and node; DDP talks over NCCL on GPUs and gloo on the CPU.
+        options.setdefault("strategy", "ddp")
     return L.Trainer(**options)

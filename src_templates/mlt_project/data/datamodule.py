@@ -1,15 +1,23 @@
-"""Parquet splits -> in-memory tensors -> batches."""
+"""Parquet splits -> batches: from in-memory tensors, or streamed row group by row group.
+
+In memory is the fast path: a batch is one indexing operation. Streaming keeps one row group
+per DataLoader worker in memory, for data sets larger than RAM (`training.streaming`).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..errors import PipelineError
-from .store import read_split, split_path
+from .resumable import ResumableLoader, SeededShuffle
+from .store import open_split, read_row_group, read_split, split_info, split_path
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -29,12 +37,95 @@ class TensorBatches(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def num_rows(self) -> int:
+        return len(self.labels)
+
     def __getitem__(self, index: int) -> Batch:
         return self.images[index], self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> Batch:
         index = torch.as_tensor(indices)
         return self.images[index], self.labels[index]
+
+
+class ParquetBatches(IterableDataset):
+    """Batches read one Parquet row group at a time; shuffled within and across row groups.
+
+    Row groups are split between DDP processes and DataLoader workers. When shuffling (training),
+    every process gets the same number of row groups, so none waits on another at the end of an
+    epoch; the few left over change each epoch. Without shuffling, rows come in file order.
+    """
+
+    def __init__(self, path: Path, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        parquet = open_split(path)
+        self.shape, self.class_names = split_info(parquet, path)
+        self.num_row_groups = parquet.num_row_groups
+        self.num_rows = parquet.metadata.num_rows
+        self.group_rows = [
+            parquet.metadata.row_group(i).num_rows for i in range(self.num_row_groups)
+        ]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """All labels, in file order (one small column)."""
+        table = open_split(self.path).read(columns=["label"])
+        return torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+
+    def __len__(self) -> int:
+        """Batches per epoch (per process under DDP): what progress bars count to."""
+        world = torch.distributed.get_world_size() if _distributed() else 1
+        return sum(-(-rows // self.batch_size) for rows in self.group_rows) // world
+
+    def __iter__(self) -> Iterator[Batch]:
+        rank, world = (
+            (torch.distributed.get_rank(), torch.distributed.get_world_size())
+            if _distributed()
+            else (0, 1)
+        )
+        worker = get_worker_info() or _OneWorker()
+        groups = np.arange(self.num_row_groups)
+        if self.shuffle:
+            # The same permutation in every process, so their shares never overlap.
+            groups = np.random.default_rng((self.seed, self.epoch)).permutation(groups)
+            groups = groups[: len(groups) - len(groups) % world]
+        rng = np.random.default_rng((self.seed, self.epoch, rank, worker.id))
+        # Counted in each worker's copy: with persistent_workers, each epoch gets a new order.
+        self.epoch += 1
+        parquet = open_split(self.path)
+        for group in groups[rank::world][worker.id :: worker.num_workers]:
+            images, labels = read_row_group(parquet, int(group), self.shape)
+            order = rng.permutation(len(labels)) if self.shuffle else np.arange(len(labels))
+            for start in range(0, len(order), self.batch_size):
+                index = order[start : start + self.batch_size]
+                yield torch.from_numpy(images[index]), torch.from_numpy(labels[index])
+
+
+class _OneWorker:
+    id, num_workers = 0, 1
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def fits_in_memory(paths: list[Path], fraction: float = 0.25) -> bool:
+    """Whether the splits' decoded images take less than `fraction` of this machine's RAM."""
+    total = 0
+    for path in paths:
+        parquet = open_split(path)
+        shape, _ = split_info(parquet, path)
+        total += parquet.metadata.num_rows * int(np.prod(shape))
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume it fits
+        return True
+    return total < fraction * ram
 
 
 def keep_batch(batch: Batch) -> Batch:
@@ -50,6 +141,9 @@ class ImageDataModule(L.LightningDataModule):
         eval_batch_size: int,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = True,
+        streaming: bool | str = "auto",
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.processed_dir = Path(processed_dir)
@@ -57,37 +151,61 @@ class ImageDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.datasets: dict[str, TensorBatches] = {}
+        self.persistent_workers = persistent_workers
+        self.streaming = streaming
+        self.seed = seed
+        self.datasets: dict[str, TensorBatches | ParquetBatches] = {}
         self.class_names: list[str] = []
         self.input_shape: tuple[int, ...] = ()
 
     def setup(self, stage: str) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",))
+        if self.streaming == "auto":
+            paths = [split_path(self.processed_dir, split) for split in needed]
+            self.streaming = not fits_in_memory(paths)
         for split in needed:
             if split not in self.datasets:
                 self.datasets[split] = self._load(split)
-        if stage == "fit" and self.batch_size > len(self.datasets["train"]):
+        if stage == "fit" and self.batch_size > self.datasets["train"].num_rows:
             raise PipelineError(
                 f"training.batch_size {self.batch_size} is larger than the training split "
-                f"({len(self.datasets['train'])} images): lower it or add images"
+                f"({self.datasets['train'].num_rows} images): lower it or add images"
             )
 
-    def _load(self, split: str) -> TensorBatches:
-        images, labels, class_names = read_split(split_path(self.processed_dir, split))
+    def _load(self, split: str) -> TensorBatches | ParquetBatches:
+        path = split_path(self.processed_dir, split)
+        if self.streaming:
+            batch_size = self.batch_size if split == "train" else self.eval_batch_size
+            dataset = ParquetBatches(path, batch_size, shuffle=split == "train", seed=self.seed)
+            self.class_names, self.input_shape = dataset.class_names, tuple(dataset.shape)
+            return dataset
+        images, labels, class_names = read_split(path)
         self.class_names = class_names
         self.input_shape = tuple(images.shape[1:])
         return TensorBatches(torch.from_numpy(images), torch.from_numpy(labels))
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=keep_batch,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        dataset = self.datasets[split]
+        workers = self.num_workers
+        if isinstance(dataset, ParquetBatches):
+            # The dataset yields whole batches. Evaluation reads in this process, so that
+            # predictions come in file order (workers would interleave their row groups).
+            batch_size, shuffle, workers = None, None, workers if shuffle else 0
+        options = {
+            "batch_size": batch_size,
+            "collate_fn": keep_batch,
+            "num_workers": workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers and workers > 0,
+            # Its own generator: making an iterator draws a seed from it, and a draw from the
+            # global one would shift dropout's random numbers (a resumed run would differ).
+            "generator": torch.Generator().manual_seed(self.seed),
+        }
+        if shuffle:
+            # The order depends only on (seed, epoch), and the loader resumes mid-epoch.
+            sampler = SeededShuffle(len(dataset), self.seed)
+            return ResumableLoader(dataset, sampler=sampler, **options)
+        return DataLoader(dataset, shuffle=shuffle, **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -9,8 +9,12 @@ on the file list and `data.seed`, so reruns give identical files.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import re
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,7 @@ from tqdm import tqdm
 from ..config import PARAMS_FILE, Config, DataConfig, load_config
 from ..errors import PipelineError, run_main
 from ..utils import setup_logger
-from .store import SPLITS, split_path, write_split
+from .store import ROW_GROUP_SIZE, SPLITS, split_path, write_chunks
 
 IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
@@ -85,11 +89,64 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_images(files: list[Path], data: DataConfig) -> np.ndarray:
-    images = np.empty((len(files), *data.input_shape), dtype=np.uint8)
-    for i, path in enumerate(tqdm(files, desc="preprocess", unit="img", mininterval=1.0)):
-        images[i] = load_image(path, data)
-    return images
+def load_image_or_path(path: Path, data: DataConfig) -> np.ndarray | Path:
+    """load_image, or the path itself when the file cannot be read (data.skip_corrupt)."""
+    try:
+        return load_image(path, data)
+    except PipelineError:
+        return path
+
+
+def decoded(files: list[Path], data: DataConfig, workers: int) -> Iterator[np.ndarray | Path]:
+    """Decode `files` in order, in `workers` processes (1: in this one).
+
+    With data.skip_corrupt an unreadable file comes back as its path instead of pixels.
+    """
+    read = functools.partial(load_image_or_path if data.skip_corrupt else load_image, data=data)
+    if workers == 1:
+        yield from map(read, files)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        # A row group's worth at a time, so decoded images never pile up ahead of the writer;
+        # 64 images per task, so the pipe carries few, larger messages.
+        for start in range(0, len(files), ROW_GROUP_SIZE):
+            yield from pool.map(read, files[start : start + ROW_GROUP_SIZE], chunksize=64)
+
+
+def row_groups(
+    images: Iterator[np.ndarray | Path],
+    labels: np.ndarray,
+    shape: tuple[int, ...],
+    skipped: list[Path] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Group decoded images into (images, labels) chunks of one Parquet row group each.
+
+    Unreadable files (paths, from decoded with data.skip_corrupt) are left out and listed in
+    `skipped`.
+    """
+    for start in range(0, len(labels), ROW_GROUP_SIZE):
+        chunk = labels[start : start + ROW_GROUP_SIZE]
+        batch = np.empty((len(chunk), *shape), dtype=np.uint8)
+        kept = np.ones(len(chunk), dtype=bool)
+        for i in range(len(chunk)):
+            image = next(images)
+            if isinstance(image, Path):
+                kept[i] = False
+                if skipped is not None:
+                    skipped.append(image)
+            else:
+                batch[i] = image
+        yield (batch, chunk) if kept.all() else (batch[kept], chunk[kept])
+
+
+def resolve_workers(workers: int | str) -> int:
+    """`auto` -> one process per CPU core this process may use."""
+    if workers != "auto":
+        return int(workers)
+    cores = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    )
+    return max(1, len(cores))
 
 
 def split_indices(labels: np.ndarray, data: DataConfig) -> dict[str, np.ndarray]:
@@ -126,12 +183,30 @@ def preprocess(cfg: Config) -> dict[str, int]:
             f"{cfg.data.num_classes}: set data.num_classes: {len(class_names)} in params.yaml"
         )
     splits = split_indices(labels, cfg.data)
-    images = load_images(files, cfg.data)
     out_dir = Path(cfg.paths.processed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for split, indices in splits.items():
-        write_split(split_path(out_dir, split), images[indices], labels[indices], class_names)
-    counts = {split: len(indices) for split, indices in splits.items()}
+    # Split by split, one row group at a time: memory holds one row group, not the data set.
+    order = np.concatenate(list(splits.values()))
+    images = decoded([files[i] for i in order], cfg.data, resolve_workers(cfg.data.workers))
+    with tqdm(images, total=len(order), desc="preprocess", unit="img", mininterval=1.0) as bar:
+        stream = iter(bar)  # one iterator for all splits: the bar counts images done, rate, ETA
+        skipped: list[Path] = []
+        counts = {}
+        for split, indices in splits.items():
+            chunks = row_groups(stream, labels[indices], cfg.data.input_shape, skipped)
+            path = split_path(out_dir, split)
+            counts[split] = write_chunks(path, chunks, cfg.data.input_shape, class_names)
+            if counts[split] == 0:
+                raise PipelineError(
+                    f"the {split} split is empty: all its {len(indices)} images are unreadable "
+                    f"(data.skip_corrupt skipped them): replace them or add images"
+                )
+    if skipped:
+        log.warning(
+            "skipped %d unreadable image(s) (data.skip_corrupt: true): %s",
+            len(skipped),
+            ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else ""),
+        )
     log.info("wrote %s to %s (%d classes)", counts, out_dir, len(class_names))
     return counts
 

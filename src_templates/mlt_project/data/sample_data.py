@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..config import PARAMS_FILE, load_config
 from ..errors import PipelineError, run_main
+from ..files import atomic_output
 
 
 def write_digits(out_dir: Path, force: bool = False) -> int:
@@ -33,7 +34,8 @@ def write_digits(out_dir: Path, force: bool = False) -> int:
     for index, (pixels, label) in enumerate(zip(images, digits.target, strict=True)):
         class_dir = out_dir / str(label)
         class_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(class_dir / f"{index:04d}.png")
+        with atomic_output(class_dir / f"{index:04d}.png") as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
     return len(images)
 
 

@@ -1,0 +1,66 @@
+"""A training DataLoader whose order depends only on (seed, epoch), and that resumes mid-epoch.
+
+A shuffling DataLoader draws its order from the global random state, which depends on how many
+epochs this process has run: after a resume the order would differ from an uninterrupted run.
+Here each epoch's order is a permutation seeded by (seed, epoch); Lightning saves the loader's
+`state_dict` (epoch, batches handed out) in every checkpoint and loads it on resume, and the
+loader then skips the batches the interrupted run had already trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+class SeededShuffle(Sampler[int]):
+    """A permutation of range(n) seeded by (seed, epoch); Lightning calls set_epoch."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0  # indices to leave out at the start of the next pass (a resumed epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
+        skip, self.skip = self.skip, 0
+        yield from order[skip:].tolist()
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a SeededShuffle that Lightning can checkpoint and restore mid-epoch."""
+
+    sampler: SeededShuffle
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handed_out = 0  # batches of the current epoch given to the training loop
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        self._handed_out = 0
+        resume, self._resume = self._resume, None
+        # Lightning sets the epoch before the first batch; a resume applies to its own epoch only.
+        if resume and resume["epoch"] == self.sampler.epoch:
+            self.sampler.skip = resume["batches"] * self.batch_size
+            self._handed_out = resume["batches"]
+        for batch in super().__iter__():
+            self._handed_out += 1  # counted as handed out, not as prefetched by workers
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self._handed_out}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)

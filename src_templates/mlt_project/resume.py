@@ -1,0 +1,266 @@
+"""Resume an interrupted training run: checkpoints every N steps and on SIGTERM, then exit 75.
+
+DVC deletes a stage's outputs before it runs the stage again, so the resume checkpoint lives in
+paths.checkpoints, which is no DVC output (and git-ignored). It is used only by the run it
+belongs to: its fingerprint covers the model and training params, the processed data and this
+package's code; anything else starts fresh. It holds everything an uninterrupted run would still
+have in memory: weights, optimizer, loop counters, the data order (data/resumable.py), the random
+number generators and the metrics accumulated so far in the epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from .config import Config
+from .data.store import SPLITS, split_path
+from .errors import Interrupted, PipelineError
+from .files import atomic_output, sha256_file
+
+# Bump when a checkpoint's contents change incompatibly; readers refuse a newer format.
+CHECKPOINT_FORMAT = 1
+FORMAT_KEY = "ml_template"  # not the module name: bootstrap would rename it
+RESUME_FILE = "last.ckpt"
+# Knobs that change how often state is saved, not what is trained.
+NOT_IN_FINGERPRINT = {"checkpoint_every_n_steps"}
+
+log = logging.getLogger(__name__)
+
+
+def resume_file(cfg: Config) -> Path:
+    return Path(cfg.paths.checkpoints) / RESUME_FILE
+
+
+def run_fingerprint(cfg: Config) -> str:
+    """SHA-256 of what decides the training run: params, processed data and code."""
+    training = {
+        key: value
+        for key, value in dataclasses.asdict(cfg.training).items()
+        if key not in NOT_IN_FINGERPRINT
+    }
+    package = Path(__file__).resolve().parent
+    identity = {
+        "format": CHECKPOINT_FORMAT,
+        "model": dataclasses.asdict(cfg.model),
+        "training": training,
+        "input_shape": list(cfg.data.input_shape),
+        "num_classes": cfg.data.num_classes,
+        "data": {split: sha256_file(split_path(cfg.paths.processed, split)) for split in SPLITS},
+        "code": {
+            path.relative_to(package).as_posix(): sha256_file(path)
+            for path in sorted(package.rglob("*.py"))
+        },
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU; PipelineError if it is not one or is too new."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # any unpickling failure means the same to a user
+        raise PipelineError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}): delete it and retrain "
+            "with `dvc repro`"
+        ) from None
+    check_format(checkpoint, path)
+    return checkpoint
+
+
+def check_format(checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint written by a newer template, whose contents this code may misread."""
+    written = checkpoint.get(FORMAT_KEY, {}).get("format", 0)
+    if written > CHECKPOINT_FORMAT:
+        raise PipelineError(
+            f"{path} was written by a newer template (checkpoint format {written}; this project "
+            f"reads up to {CHECKPOINT_FORMAT}): update the project with "
+            "`python3 .ml-aws-template/bootstrap.py --update`, or retrain with `dvc repro`"
+        )
+
+
+def find_resume(cfg: Config, fingerprint: str) -> Path | None:
+    """The resume checkpoint if it belongs to this run; None (start fresh) otherwise."""
+    path = resume_file(cfg)
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = read_checkpoint(path)
+    except PipelineError as error:
+        log.warning("%s; starting fresh", error)
+        return None
+    if checkpoint.get(FORMAT_KEY, {}).get("fingerprint") != fingerprint:
+        log.info("%s is from another run (params, data or code changed): starting fresh", path)
+        return None
+    log.info(
+        "resuming from %s: epoch %d, step %d", path, checkpoint["epoch"], checkpoint["global_step"]
+    )
+    return path
+
+
+def save_checkpoint(trainer: L.Trainer, path: str | Path) -> None:
+    """Save atomically. Under DDP every process calls save_checkpoint, and rank 0 writes."""
+    if trainer.is_global_zero:
+        with atomic_output(path) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)
+    else:
+        trainer.save_checkpoint(path, weights_only=False)
+
+
+class ResumeCheckpoint(L.Callback):
+    """Saves the resume checkpoint every N steps and on SIGTERM (then exits); stops on NaN loss."""
+
+    def __init__(self, path: Path, fingerprint: str, every_n_steps: int) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.every_n_steps = every_n_steps
+        self.stop_requested = False
+        self._restore: dict[str, Any] | None = None
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+
+    def install_handler(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's own handler (registered just before this hook) stops at the next batch
+        # without saving anything; ours saves first. Lightning puts back the earlier one at the end.
+        self.install_handler()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._restore is not None:
+            # Right before the first step after a resume, where the interrupted run stood.
+            set_rng_states(self._restore["rng"])
+            set_metric_states(pl_module, self._restore["metrics"])
+            self._restore = None
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        stop = self.stop_requested
+        if trainer.world_size > 1:  # any process that got SIGTERM stops them all
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        save = stop or step % self.every_n_steps == 0
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        # Reading the loss waits for the device, so only on the steps the logger reads it anyway.
+        if save or last or step % max(trainer.log_every_n_steps, 1) == 0:
+            check_loss(outputs, trainer)
+        if save:
+            save_checkpoint(trainer, self.path)
+        if stop:
+            if trainer.is_global_zero:
+                log.warning(
+                    "SIGTERM: saved %s at epoch %d, step %d; exiting with code %d: run "
+                    "`dvc repro` again (AWS Batch retries the job) and training resumes there",
+                    self.path,
+                    trainer.current_epoch,
+                    step,
+                    Interrupted().code,
+                )
+            raise Interrupted()
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[FORMAT_KEY] = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint}
+        checkpoint["resume_state"] = {"rng": rng_states(), "metrics": metric_states(pl_module)}
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._restore = checkpoint.get("resume_state")
+
+
+def check_loss(outputs: Any, trainer: L.Trainer) -> None:
+    loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+    if loss is not None and not bool(torch.isfinite(loss).all()):
+        raise PipelineError(
+            f"training loss became {float(loss)} at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}: lower training.lr (now {trainer.optimizers[0].defaults['lr']}) "
+            "or check the images; no model was written"
+        )
+
+
+def rng_states() -> dict[str, Any]:
+    # Tensors, ints and tuples only, so that Lightning can load the file with weights_only=True.
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached_gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def metric_states(module: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """What each torchmetrics metric has accumulated (not in the state_dict by default)."""
+    return {
+        name: {
+            "count": metric._update_count,
+            "state": {key: _cpu_copy(getattr(metric, key)) for key in metric._defaults},
+        }
+        for name, metric in module.named_modules()
+        if isinstance(metric, Metric)
+    }
+
+
+def set_metric_states(module: torch.nn.Module, states: dict[str, dict[str, Any]]) -> None:
+    metrics = dict(module.named_modules())
+    for name, saved in states.items():
+        metric = metrics.get(name)
+        if not isinstance(metric, Metric):
+            continue
+        for key, value in saved["state"].items():
+            setattr(metric, key, _to_device(value, metric.device))
+        metric._update_count = saved["count"]
+        metric._computed = None
+
+
+def _cpu_copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, list):
+        return [_cpu_copy(item) for item in value]
+    return value
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to_device(item, device) for item in value]
+    return value
