@@ -256,7 +256,14 @@ def make_plan(target: Path, rendered: dict[Path, tuple[bytes, int]], args) -> li
 
 
 def write_atomic(path: Path, content: bytes, mode: int) -> None:
-    """Write to a temporary file beside `path`, then rename it into place."""
+    """Write to a temporary file beside `path`, then rename it into place.
+
+    A run that was killed mid-write left its temporary file: remove it now.
+    """
+    stale = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for sibling in path.parent.iterdir() if path.parent.is_dir() else ():
+        if stale.fullmatch(sibling.name) and sibling.is_file():
+            sibling.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

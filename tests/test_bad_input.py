@@ -7,16 +7,22 @@ import hashlib
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from helpers import MODULE, run
+from helpers import MODULE, REPO, run
+from mlt_project.config import load_config
+from mlt_project.data.preprocess import preprocess
+from mlt_project.data.store import read_split, split_path
 
-pytestmark = pytest.mark.e2e
-
-SKIP_PARTS = {".dvc", "__pycache__", ".pytest_cache"}
+# git's, DVC's and Python's scratch folders, and what a failed training run leaves for the next one:
+# TensorBoard logs and the resume checkpoint (not files of the user's).
+SKIP_PARTS = {".git", ".dvc", "__pycache__", ".pytest_cache", "logs", "checkpoints"}
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -62,12 +68,51 @@ def corrupt_image(project: Path) -> None:
     (project / "data" / "raw" / "3" / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
 
+def invalid_label(project: Path) -> None:
+    (project / "data" / "raw" / "7").rename(project / "data" / "raw" / "7?")
+
+
+def disk_full(relative: str) -> Callable[[Path], None]:
+    """Writes to `relative` fail with ENOSPC from the kernel: its temporary file is /dev/full."""
+
+    def fill(project: Path) -> None:
+        target = project / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.with_name(f".{target.name}.tmp").symlink_to("/dev/full")
+
+    return fill
+
+
+def edit_checkpoint(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(project: Path) -> None:
+        path = project / "models" / "model.ckpt"
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        change(checkpoint)
+        torch.save(checkpoint, path)
+
+    return edit
+
+
+def newer_format(checkpoint: dict) -> None:
+    checkpoint["ml_template"]["format"] = 99
+
+
+def other_shape(checkpoint: dict) -> None:
+    # The hparams say 64 hidden units, the weights were trained with 128.
+    checkpoint["hyper_parameters"]["hidden_size"] = 64
+
+
+def no_setup(project: Path) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
-    stage: str  # module under the package: data.preprocess, train, eval
+    stage: str  # module under the package (data.preprocess, train, eval, ...), or "bootstrap"
     setup: Callable[[Path], None]
     message: str  # must appear in the one-line error
+    args: tuple[str, ...] = ()
 
 
 CASES = [
@@ -85,18 +130,107 @@ CASES = [
     Case("image size differs from checkpoint", "eval", edit_params("  image_size: [8, 8]", "  image_size: [16, 16]"), "was trained with input_shape (1, 8, 8) but params.yaml gives (1, 16, 16)"),
     Case("channels differ from checkpoint", "eval", edit_params("  channels: 1 ", "  channels: 3 "), "retrain with `dvc repro`"),
     Case("no checkpoint", "eval", remove("models/model.ckpt"), "no checkpoint at models/model.ckpt"),
+    Case("bootstrap: bad name", "bootstrap", no_setup, "project name '1bad' is not usable", ("--name", "1bad")),
+    Case("bootstrap: file changed", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "exist and differ: params.yaml; nothing was written", ("--torch", "cpu")),
+    Case("invalid class label", "data.preprocess", invalid_label, "class folder '7?' is not a valid label"),
+    Case("split left empty", "data.preprocess", edit_params("  val_fraction: 0.15", "  val_fraction: 0.001"), "the val split is empty with 1797 images: raise data.val_fraction"),
+    Case("disk full: Parquet", "data.preprocess", disk_full("data/processed/train.parquet"), "no space left on the device while writing data/processed/train.parquet"),
+    Case("batch larger than data", "train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
+    Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
+    Case("disk full: metrics", "eval", disk_full("evaluation_results.json"), "no space left on the device while writing evaluation_results.json"),
+    Case("checkpoint from a newer template", "eval", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 1)"),
+    Case("checkpoint of another shape", "eval", edit_checkpoint(other_shape), "does not fit the model in model/model.py (size mismatch for net.1.weight"),
+    Case("release: bad version", "scripts.release", no_setup, "release version 'v 1' is not usable", ("export-onnx", "--version", "v 1")),
+    Case("release: not evaluated", "scripts.release", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`", ("export-onnx",)),
+    Case("predict: no released model", "predict", no_setup, "releases/model_info.json not found", ("data/raw/3",)),
 ]  # fmt: skip
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_fails_with_one_line_and_loses_nothing(project_copy, case):
     case.setup(project_copy)
     before = snapshot(project_copy)
-    result = run(sys.executable, "-m", f"{MODULE}.{case.stage}", cwd=project_copy, check=False)
+    if case.stage == "bootstrap":
+        command = ["python3", ".ml-aws-template/bootstrap.py", *case.args]
+    else:
+        command = [sys.executable, "-m", f"{MODULE}.{case.stage}", *case.args]
+    # PYTHONPATH: the copy's own code, whatever other sessions install meanwhile.
+    result = run(*command, cwd=project_copy, check=False, PYTHONPATH=str(project_copy / "src"))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    errors = [line for line in lines if line.startswith("error: ")]
+    errors = [line for line in lines if line.startswith(("error: ", "bootstrap: error: "))]
     assert len(errors) == 1, lines
     assert case.message in errors[0], errors[0]
     assert snapshot(project_copy) == before
+
+
+def test_the_suite_covers_every_command():
+    assert len(CASES) >= 20
+    assert {case.stage for case in CASES} >= {
+        "bootstrap", "data.preprocess", "train", "eval", "scripts.release", "predict"
+    }  # fmt: skip
+
+
+MODES = {
+    # mode -> a pixel value of that mode that is "white" (or nearly) in 8-bit grayscale
+    "RGBA": (250, 250, 250, 255),
+    "LA": (250, 255),
+    "L": 250,
+    "P": 1,  # palette index 1, set to white below
+    "I;16": 64250,  # 16-bit: must be scaled to 8 bits (250), not clipped at 255
+    "1": 1,
+}
+SIZES = [(8, 8), (5, 13), (40, 30)]
+
+
+def write_mixed(raw: Path) -> None:
+    """Two classes, each with every mode and size: black images and white images."""
+    for label, bright in (("dark", False), ("light", True)):
+        (raw / label).mkdir(parents=True)
+        for i, (mode, white) in enumerate(MODES.items()):
+            for j, size in enumerate(SIZES):
+                image = Image.new(mode, size, white if bright else 0)
+                if mode == "P":
+                    image.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+                suffix = "tif" if mode == "I;16" and j == 2 else "png"
+                image.save(raw / label / f"{i}-{j}.{suffix}")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_images_of_any_mode_and_size_are_converted(tmp_path, channels):
+    """RGBA, grayscale (+alpha), palette, 16-bit and 1-bit images of any size, converted per params."""
+    base = load_config(REPO / "template_configs" / "project" / "params.yaml")
+    cfg = replace(
+        base,
+        paths=replace(base.paths, raw=str(tmp_path / "raw"), processed=str(tmp_path / "out")),
+        data=replace(base.data, channels=channels, num_classes=2, workers=1),
+    )
+    write_mixed(tmp_path / "raw")
+    counts = preprocess(cfg)
+    assert sum(counts.values()) == 2 * len(MODES) * len(SIZES)
+    for split in counts:
+        images, labels, class_names = read_split(split_path(cfg.paths.processed, split))
+        assert class_names == ["dark", "light"]
+        assert images.shape[1:] == (channels, 8, 8)
+        # Dark images stay black and light ones come out white, in every mode (16-bit too).
+        means = images.reshape(len(images), -1).mean(axis=1)
+        assert np.all(means[labels == 0] < 5), means
+        assert np.all(means[labels == 1] > 240), means
+
+
+def test_corrupt_images_are_skipped_and_counted_when_asked(tmp_path, caplog):
+    base = load_config(REPO / "template_configs" / "project" / "params.yaml")
+    cfg = replace(
+        base,
+        paths=replace(base.paths, raw=str(tmp_path / "raw"), processed=str(tmp_path / "out")),
+        data=replace(base.data, num_classes=2, workers=1, skip_corrupt=True),
+    )
+    write_mixed(tmp_path / "raw")
+    broken = tmp_path / "raw" / "light" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with caplog.at_level("WARNING"):
+        counts = preprocess(cfg)
+    assert sum(counts.values()) == 2 * len(MODES) * len(SIZES)  # every image but the broken one
+    assert f"skipped 1 unreadable image(s) (data.skip_corrupt: true): {broken}" in caplog.text
