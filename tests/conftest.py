@@ -6,6 +6,8 @@ Tests that change files in it work on a copy (`project_copy`), so they don't dis
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MODULE, NAME, bootstrap, make_host, make_template_repo, run
+from helpers import (
+    MODULE,
+    NAME,
+    VENV_BIN,
+    bootstrap,
+    free_port,
+    make_host,
+    make_template_repo,
+    run,
+)
 
 
 @dataclass(frozen=True)
@@ -53,3 +64,34 @@ def project_copy(trained_project: TrainedProject, tmp_path: Path) -> Path:
     copy = tmp_path / NAME
     shutil.copytree(trained_project.root, copy, symlinks=True)
     return copy
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory):
+    """moto_server (S3, ECR, Batch, IAM APIs) on a free port of 127.0.0.1, stopped by its PID."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    server = subprocess.Popen(
+        [VENV_BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert server.poll() is None, "moto_server exited at start"
+                assert time.monotonic() < deadline, "moto_server did not start in 60 s"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()

@@ -108,6 +108,49 @@ def test_sigterm_through_the_entrypoint_saves_exits_75_and_resumes_exactly(proje
     assert not resume.exists()  # a completed run leaves nothing to resume
 
 
+def test_a_batch_retry_in_a_fresh_container_resumes_from_the_checkpoint_in_s3(
+    project_copy, moto_endpoint
+):
+    """With CHECKPOINT_S3_URI the entrypoint pushes the checkpoint on SIGTERM and pulls it back."""
+    import botocore.session
+
+    aws = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "CHECKPOINT_S3_URI": "s3://spot-checkpoints/jobs/digits",
+    }
+    s3 = botocore.session.get_session().create_client(
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    s3.create_bucket(Bucket="spot-checkpoints")
+    model = project_copy / "models" / "model.ckpt"
+    expected = weights(model)
+    resume = project_copy / "checkpoints" / "last.ckpt"
+    model.unlink()
+    shutil.rmtree(project_copy / ".dvc" / "cache")
+
+    entrypoint = start(["bash", "docker/entrypoint.sh"], project_copy, **aws)
+    wait_for(resume, entrypoint)
+    entrypoint.send_signal(signal.SIGTERM)
+    _, stderr = entrypoint.communicate(timeout=180)
+    assert entrypoint.returncode == RETRY_EXIT_CODE, stderr[-3000:]
+    stored = s3.get_object(Bucket="spot-checkpoints", Key="jobs/digits/last.ckpt")["Body"].read()
+    assert stored == resume.read_bytes()
+
+    shutil.rmtree(project_copy / "checkpoints")  # the retry's container starts without it
+    again = run(
+        "bash", "docker/entrypoint.sh", cwd=project_copy, **project_env(project_copy), **aws
+    )
+    assert "pulled s3://spot-checkpoints/jobs/digits/last.ckpt" in again.stderr
+    assert "resuming from checkpoints/last.ckpt" in again.stderr
+    assert_same_weights(model, expected)
+    listed = s3.list_objects_v2(Bucket="spot-checkpoints").get("Contents", [])
+    assert listed == []  # the finished run cleared it
+
+
 def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy):
     model = project_copy / "models" / "model.ckpt"
     expected = weights(model)

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import GIT_IDENTITY, MODULE, VENV_BIN, env, run
+from helpers import GIT_IDENTITY, MODULE, VENV_BIN, env, free_port, run
 from mlt_project.distributed import node_env, require_rendezvous, shell_exports
 from mlt_project.errors import PipelineError
 
@@ -79,12 +78,6 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     return lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def copy_without_git(source: Path, dest: Path) -> Path:
@@ -474,39 +467,11 @@ def test_entrypoint_trains_without_git_one_process_two_devices_two_nodes(trained
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> str:
-    """A moto_server on a free port of 127.0.0.1, stopped by its PID at the end."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    server = subprocess.Popen(
-        [VENV_BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (
-                    "moto_server did not start"
-                )
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def aws(moto) -> dict[str, str]:
+def aws(moto_endpoint) -> dict[str, str]:
     """What the user sets up once in AWS (README: AWS setup): a compute environment and queue."""
     import boto3
 
-    settings = {"endpoint_url": moto, "region_name": "us-east-1"}
+    settings = {"endpoint_url": moto_endpoint, "region_name": "us-east-1"}
     keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
     iam = boto3.client("iam", **settings, **keys)
     batch = boto3.client("batch", **settings, **keys)
@@ -522,7 +487,7 @@ def aws(moto) -> dict[str, str]:
             {"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}
         ],
     )
-    return {**FAKE_AWS, "AWS_ENDPOINT_URL": moto, "BATCH_JOB_QUEUE": "training"}
+    return {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint, "BATCH_JOB_QUEUE": "training"}
 
 
 def batch_cli(project: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -546,17 +511,19 @@ def test_batch_register_submit_status_single_and_multi_node(aws, image_copy, tmp
     registered = batch_cli(project, "register", "--image", IMAGE, **aws)
     assert registered.returncode == 0, registered.stderr
     assert "job-definition/digits-e2e-train:1" in registered.stdout
+    checkpoints = "s3://dvc-bucket/digits-e2e/checkpoints"
     again = batch_cli(
-        project, "register", **aws, BATCH_IMAGE_URI=IMAGE, DVC_S3_BUCKET_NAME="dvc-bucket"
-    )
+        project, "register", **aws, BATCH_IMAGE_URI=IMAGE, DVC_S3_BUCKET_NAME="dvc-bucket",
+        CHECKPOINT_S3_URI=checkpoints,
+    )  # fmt: skip
     assert "job-definition/digits-e2e-train:2" in again.stdout
     revisions = client.describe_job_definitions(jobDefinitionName="digits-e2e-train")
     definition = max(revisions["jobDefinitions"], key=lambda d: d["revision"])
     assert definition["revision"] == 2
     assert definition["containerProperties"]["image"] == IMAGE
-    assert {"name": "DVC_S3_BUCKET_NAME", "value": "dvc-bucket"} in definition[
-        "containerProperties"
-    ]["environment"]
+    variables = definition["containerProperties"]["environment"]
+    assert {"name": "DVC_S3_BUCKET_NAME", "value": "dvc-bucket"} in variables
+    assert {"name": "CHECKPOINT_S3_URI", "value": checkpoints} in variables
     assert {"type": "GPU", "value": "1"} in definition["containerProperties"][
         "resourceRequirements"
     ]

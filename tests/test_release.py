@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from helpers import MODULE, NAME, env, git, run
+from helpers import MODULE, NAME, free_port, git, run
 
 pytestmark = pytest.mark.e2e
 
@@ -41,44 +40,8 @@ RELEASE_OBJECTS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 at a free port, stopped by its PID afterwards."""
-    port = free_port()
-    server = subprocess.Popen(
-        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert server.poll() is None, "moto_server exited at start"
-                assert time.monotonic() < deadline, "moto_server did not start in 60s"
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def s3_client(endpoint: str):
@@ -122,7 +85,7 @@ class Released:
 
 
 @pytest.fixture(scope="module")
-def released(trained_project, s3_endpoint, tmp_path_factory) -> Released:
+def released(trained_project, moto_endpoint, tmp_path_factory) -> Released:
     """A committed copy of the trained project, released once with `dvc repro release/dvc.yaml`."""
     tmp = tmp_path_factory.mktemp("release")
     root = tmp / NAME
@@ -131,17 +94,17 @@ def released(trained_project, s3_endpoint, tmp_path_factory) -> Released:
     git("commit", "--quiet", "-m", "trained", cwd=root)
     plain_repro = run("dvc", "repro", cwd=root).stdout
     status_before = json.loads(run("dvc", "status", "--json", cwd=root).stdout)
-    s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
+    s3_client(moto_endpoint).create_bucket(Bucket=BUCKET)
     # .env names a bucket the real environment overrides, and the prefix nobody else sets.
     (root / ".env").write_text(
         f"MODEL_RELEASE_S3_BUCKET=not-this-one\nMODEL_RELEASE_S3_PREFIX={PREFIX}\n"
     )
-    variables = aws_env(s3_endpoint, tmp)
+    variables = aws_env(moto_endpoint, tmp)
     start = time.perf_counter()
     result = run("dvc", "repro", "release/dvc.yaml", cwd=root, **variables)
     seconds = time.perf_counter() - start
     return Released(
-        root, s3_endpoint, variables, result.stdout + result.stderr, seconds, plain_repro,
+        root, moto_endpoint, variables, result.stdout + result.stderr, seconds, plain_repro,
         status_before,
     )  # fmt: skip
 

@@ -7,8 +7,8 @@
 The job definition is aws/batch-job.json, or aws/batch-job-multinode.json when
 training.num_nodes in params.yaml is above 1 (its numNodes is set from that value). Settings
 come from the environment, or from .env where the environment is silent: BATCH_IMAGE_URI,
-BATCH_JOB_QUEUE, BATCH_JOB_ROLE_ARN (optional), DVC_S3_BUCKET_NAME (passed on to the job), and
-the usual AWS_DEFAULT_REGION, AWS_PROFILE or keys.
+BATCH_JOB_QUEUE, BATCH_JOB_ROLE_ARN (optional), DVC_S3_BUCKET_NAME and CHECKPOINT_S3_URI
+(passed on to the job), and the usual AWS_DEFAULT_REGION, AWS_PROFILE or keys.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..errors import PipelineError, run_main
 SINGLE_NODE_FILE = Path("aws/batch-job.json")
 MULTI_NODE_FILE = Path("aws/batch-job-multinode.json")
 BUILD_HINT = "the URI docker/build_and_push.sh prints"
+PASSED_TO_JOB = ("DVC_S3_BUCKET_NAME", "CHECKPOINT_S3_URI")
 
 
 def read_definition(num_nodes: int) -> dict[str, Any]:
@@ -60,12 +61,12 @@ def job_definition(num_nodes: int, image: str, job_role_arn: str | None) -> dict
         container["image"] = image
         if job_role_arn:
             container["jobRoleArn"] = job_role_arn
-        # The entrypoint makes the DVC remote from it (scripts.dvc_remote), as on a laptop.
-        if os.environ.get("DVC_S3_BUCKET_NAME"):
-            variables = container.setdefault("environment", [])
-            variables.append(
-                {"name": "DVC_S3_BUCKET_NAME", "value": os.environ["DVC_S3_BUCKET_NAME"]}
-            )
+        # The entrypoint makes the DVC remote from the bucket (scripts.dvc_remote), as on a
+        # laptop, and keeps resume checkpoints across retries in CHECKPOINT_S3_URI.
+        for name in PASSED_TO_JOB:
+            if os.environ.get(name):
+                variables = container.setdefault("environment", [])
+                variables.append({"name": name, "value": os.environ[name]})
     return request
 
 

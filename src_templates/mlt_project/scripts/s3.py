@@ -53,8 +53,11 @@ def s3_client() -> Any:
 
 
 @contextmanager
-def s3_errors(bucket: str) -> Iterator[None]:
-    """Turn the errors a user can fix (credentials, endpoint, bucket) into PipelineError."""
+def s3_errors(bucket: str, setting: str = "MODEL_RELEASE_S3_BUCKET") -> Iterator[None]:
+    """Turn the errors a user can fix (credentials, endpoint, bucket) into PipelineError.
+
+    `setting` names the variable that chose the bucket, for the message when it is missing.
+    """
     try:
         yield
     except (NoCredentialsError, PartialCredentialsError):
@@ -73,8 +76,7 @@ def s3_errors(bucket: str) -> Iterator[None]:
         code = str(error.response.get("Error", {}).get("Code", ""))
         if code in ("NoSuchBucket", "404"):
             raise PipelineError(
-                f"bucket {bucket!r} does not exist at {endpoint()}: create it, or fix "
-                "MODEL_RELEASE_S3_BUCKET"
+                f"bucket {bucket!r} does not exist at {endpoint()}: create it, or fix {setting}"
             ) from None
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             raise PipelineError(

@@ -27,9 +27,19 @@ on_stop() {
         kill -TERM -- "-$pipeline_group" 2>/dev/null || true
         while kill -0 -- "-$pipeline_group" 2>/dev/null; do sleep 0.2; done
     fi
+    # A Batch retry starts in a fresh container: the checkpoint goes to S3 (CHECKPOINT_S3_URI),
+    # and the retry pulls it back before its `dvc repro`.
+    if syncs_checkpoint; then
+        python -m mlt_project.scripts.checkpoint_sync push || true
+    fi
     exit "$RETRY_EXIT_CODE"
 }
 trap on_stop TERM INT
+
+# Resume checkpoints live in S3 for single-machine jobs that set CHECKPOINT_S3_URI.
+syncs_checkpoint() {
+    [ -n "${CHECKPOINT_S3_URI:-}" ] && [ -z "${AWS_BATCH_JOB_NUM_NODES:-}" ]
+}
 
 run() {
     setsid "$@" &
@@ -73,7 +83,13 @@ if [ -n "${AWS_BATCH_JOB_NUM_NODES:-}" ]; then
     # run here too.
     run dvc repro --force --single-item train
 fi
+if syncs_checkpoint; then
+    run python -m mlt_project.scripts.checkpoint_sync pull
+fi
 run dvc repro
+if syncs_checkpoint; then
+    run python -m mlt_project.scripts.checkpoint_sync clear
+fi
 
 if [ -n "$remote" ]; then
     run dvc push

@@ -1,0 +1,94 @@
+"""Keep the resume checkpoint in S3, so that an AWS Batch retry, which starts in a fresh
+container, resumes training instead of starting over.
+
+    python -m mlt_project.scripts.checkpoint_sync pull|push|clear
+
+CHECKPOINT_S3_URI (s3://bucket/prefix, in the job's environment or .env) says where; unset,
+every command does nothing. docker/entrypoint.sh pulls before `dvc repro`, pushes after a
+SIGTERM, and clears after a finished run. Whether a pulled checkpoint fits this run (same params,
+data and code) train.py decides, as for a local one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from ..config import PARAMS_FILE, Config, load_config
+from ..env import load_env
+from ..errors import PipelineError, run_main
+from ..files import atomic_output, sha256_file
+from ..resume import RESUME_FILE, resume_file
+from ..utils import setup_logger
+from .s3 import object_exists, put_file, s3_client, s3_errors
+
+SETTING = "CHECKPOINT_S3_URI"
+log = logging.getLogger(__name__)
+
+
+def location() -> tuple[str, str] | None:
+    """(bucket, key) of the remote checkpoint, or None when CHECKPOINT_S3_URI is unset."""
+    uri = os.environ.get(SETTING, "").strip()
+    if not uri:
+        return None
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket:
+        raise PipelineError(f"{SETTING} {uri!r} is not s3://bucket[/prefix]: fix it")
+    return bucket, f"{prefix.strip('/')}/{RESUME_FILE}".lstrip("/")
+
+
+def pull(cfg: Config) -> bool:
+    """Download the remote checkpoint, if there is one; True when one was downloaded."""
+    where = location()
+    if where is None:
+        return False
+    bucket, key = where
+    client = s3_client()
+    with s3_errors(bucket, SETTING):
+        if not object_exists(client, bucket, key):
+            log.info("no checkpoint at s3://%s/%s: training starts fresh", bucket, key)
+            return False
+        response = client.get_object(Bucket=bucket, Key=key)
+        with atomic_output(resume_file(cfg)) as tmp, tmp.open("wb") as f:
+            for chunk in response["Body"].iter_chunks(1 << 20):
+                f.write(chunk)
+    log.info("pulled s3://%s/%s to %s", bucket, key, resume_file(cfg))
+    return True
+
+
+def push(cfg: Config) -> bool:
+    """Upload the local checkpoint, if there is one; True when one was uploaded."""
+    where, path = location(), resume_file(cfg)
+    if where is None or not path.is_file():
+        return False
+    bucket, key = where
+    with s3_errors(bucket, SETTING):
+        put_file(s3_client(), bucket, key, path, sha256_file(path))
+    log.info("pushed %s to s3://%s/%s", path, bucket, key)
+    return True
+
+
+def clear(cfg: Config) -> None:
+    """Delete the remote checkpoint: the run it belonged to has finished."""
+    where = location()
+    if where is not None:
+        bucket, key = where
+        with s3_errors(bucket, SETTING):
+            s3_client().delete_object(Bucket=bucket, Key=key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("pull", "push", "clear"))
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+    setup_logger()
+    load_env()
+    commands = {"pull": pull, "push": push, "clear": clear}
+    return run_main(lambda: commands[args.command](load_config(args.params)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
