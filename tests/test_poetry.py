@@ -72,10 +72,12 @@ def test_cpu_variant_installs_from_its_lock_and_its_tests_pass(poetry, tmp_path)
     print(f"poetry install: {time.perf_counter() - start:.0f}s")
     assert "Writing lock file" not in install.stdout, "install re-locked: the shipped lock is stale"
     assert (project / ".venv").is_dir()
-    tests = run(poetry, "run", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, **in_project)
-    assert re.search(r"\d+ passed", tests.stdout)
-    run(poetry, "run", "ruff", "check", ".", cwd=project, **in_project)
+    # One version of each package: the generated poetry.toml makes Poetry re-resolve the lock
+    # for this machine (two nvidia-cublas versions installed side by side crashed `import torch`).
     versions = run(poetry, "run", "python", "-c",
                    "import torch, lightning, dvc.version; print(torch.__version__)",
                    cwd=project, **in_project)  # fmt: skip
     assert versions.stdout.startswith("2.")
+    tests = run(poetry, "run", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, **in_project)
+    assert re.search(r"\d+ passed", tests.stdout)
+    run(poetry, "run", "ruff", "check", ".", cwd=project, **in_project)
