@@ -34,4 +34,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(POETRY_VENV) demo
+	rm -rf $(VENV) $(POETRY_VENV)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MODULE, NAME, git, run
+from helpers import MODULE, NAME, REPO, git, run
 
 pytestmark = pytest.mark.e2e
 
@@ -126,3 +126,25 @@ def test_generated_files_contain_no_placeholder(project):
         if path.suffix not in {".png", ".parquet", ".ckpt"}:
             text = path.read_text(errors="replace")
             assert "mlt_project" not in text and "mlt-project" not in text, name
+
+
+def test_make_demo_script_runs_the_pipeline_and_prints_the_metrics(tmp_path):
+    """tools/demo.sh, what `make demo` runs: the README's main command for a fresh machine."""
+    demo = tmp_path / "demo"
+    try:
+        result = run("bash", REPO / "tools" / "demo.sh", cwd=tmp_path, DEMO_DIR=str(demo))
+    finally:
+        run(
+            sys.executable,
+            "-m",
+            "pip",
+            "uninstall",
+            "--quiet",
+            "--yes",
+            "digits-demo",
+            cwd=tmp_path,
+        )
+    assert "Running stage 'evaluate'" in result.stdout
+    shown = result.stdout.split("Path", 1)[1]  # the table `dvc metrics show` prints last
+    assert "evaluation_results.json" in shown and "accuracy" in shown
+    assert json.loads((demo / "evaluation_results.json").read_text())["accuracy"] >= 0.90
