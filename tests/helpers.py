@@ -48,6 +48,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def one_bootstrap_error(err: str) -> str:
+    """The single stderr line of a bootstrap user error; no traceback."""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("bootstrap: error: ")
+    return lines[0]
+
+
 def git(*args: str, cwd: Path) -> str:
     return run("git", *GIT_IDENTITY, *args, cwd=cwd).stdout.strip()
 

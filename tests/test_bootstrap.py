@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import bootstrap
+from helpers import one_bootstrap_error
 
 ROOT = Path(bootstrap.__file__).resolve().parent
 SCRIPT = ROOT / "bootstrap.py"
@@ -90,14 +91,6 @@ def plan_of(out: str) -> dict[str, str]:
         if line.startswith("  ") and len(parts) == 2 and parts[0] in ACTIONS:
             plan[parts[1]] = parts[0]
     return plan
-
-
-def one_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("bootstrap: error: ")
-    return lines[0]
 
 
 def expected_files(torch: str, module: str) -> set[str]:
@@ -185,7 +178,7 @@ def test_bad_names_are_rejected(tmp_path, capsys, name, message):
     target.mkdir()
     assert bake(target, "--name", name) == 1
     out, err = capsys.readouterr()
-    assert message in one_error_line(err)
+    assert message in one_bootstrap_error(err)
     assert out == ""
     assert list(target.iterdir()) == []
     assert not (tmp_path / "pwned").exists()
@@ -195,7 +188,7 @@ def test_bad_folder_name_suggests_a_name(tmp_path, capsys):
     target = tmp_path / "My Project"
     target.mkdir()
     assert bake(target) == 1
-    line = one_error_line(capsys.readouterr().err)
+    line = one_bootstrap_error(capsys.readouterr().err)
     assert "'My Project' is not usable" in line
     assert "pass --name my-project" in line
     assert list(target.iterdir()) == []
@@ -343,7 +336,7 @@ def test_changed_file_is_a_conflict_and_nothing_is_written(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert plan_of(out)["params.yaml"] == "conflict"
     assert plan_of(out)["dvc.yaml"] == "create"
-    line = one_error_line(err)
+    line = one_bootstrap_error(err)
     assert "1 file(s) exist and differ: params.yaml" in line
     assert "--force" in line
     assert "--keep-existing" in line
@@ -410,7 +403,7 @@ def test_wrong_kind_of_path_is_an_error(tmp_path, capsys, make, message):
     make(target)
     before = snapshot(target)
     assert bake(target, "--force") == 1
-    assert message in one_error_line(capsys.readouterr().err)
+    assert message in one_bootstrap_error(capsys.readouterr().err)
     assert snapshot(target) == before
 
 
@@ -440,7 +433,7 @@ def test_dry_run_with_changes_writes_nothing(tmp_path, capsys):
     assert bake(target, "--torch", "cpu", "--dry-run") == 1
     out, err = capsys.readouterr()
     assert plan_of(out)["params.yaml"] == "conflict"
-    assert "params.yaml" in one_error_line(err)
+    assert "params.yaml" in one_bootstrap_error(err)
     assert snapshot(target) == before
 
     assert bake(target, "--torch", "cpu", "--dry-run", "--force") == 0
@@ -529,7 +522,7 @@ def test_bad_target_is_an_error(tmp_path, capsys, make, message):
     target = make(tmp_path)
     assert bake(target) == 1
     out, err = capsys.readouterr()
-    assert message in one_error_line(err)
+    assert message in one_bootstrap_error(err)
     assert out == ""
     assert not (target / bootstrap.RECORD_FILE).exists()
     assert not (target / "params.yaml").exists()
@@ -541,7 +534,7 @@ def test_target_inside_a_fake_template_is_an_error(tmp_path, fake_template, caps
     inside = template / "tpl" / "cats"
     inside.mkdir()
     assert bake(inside) == 1
-    assert "is inside the template" in one_error_line(capsys.readouterr().err)
+    assert "is inside the template" in one_bootstrap_error(capsys.readouterr().err)
     assert list(inside.iterdir()) == []
 
 
@@ -553,7 +546,7 @@ def test_unwritable_target_is_an_error(tmp_path, capsys):
         if os.access(target, os.W_OK):
             pytest.skip("running as root: a 0o500 folder stays writable")
         assert bake(target) == 1
-        assert "is not writable" in one_error_line(capsys.readouterr().err)
+        assert "is not writable" in one_bootstrap_error(capsys.readouterr().err)
         assert list(target.iterdir()) == []
     finally:
         target.chmod(0o700)
@@ -567,7 +560,7 @@ def test_unwritable_target_is_an_error_even_as_root(tmp_path, monkeypatch, capsy
         bootstrap.os, "access", lambda p, mode: Path(p) != target and real_access(p, mode)
     )
     assert bake(target) == 1
-    line = one_error_line(capsys.readouterr().err)
+    line = one_bootstrap_error(capsys.readouterr().err)
     monkeypatch.undo()
     assert f"target {target} is not writable" in line
     assert list(target.iterdir()) == []
@@ -594,7 +587,7 @@ def test_script_prints_one_line_per_user_error(tmp_path, args, message):
     full = ["--target", "host", *args] if "--target" not in args else args
     result = run_script(*full, cwd=tmp_path)
     assert result.returncode == 1
-    assert message in one_error_line(result.stderr)
+    assert message in one_bootstrap_error(result.stderr)
     assert list((tmp_path / "host").iterdir()) == []
     assert not (tmp_path / "pwned").exists()
 
@@ -605,7 +598,7 @@ def test_script_conflict_exits_1_with_one_line(tmp_path):
     (tmp_path / "cats" / "params.yaml").write_text("mine: 1\n")
     result = run_script("--target", "cats", "--torch", "cpu", cwd=tmp_path)
     assert result.returncode == 1
-    assert "exist and differ: params.yaml" in one_error_line(result.stderr)
+    assert "exist and differ: params.yaml" in one_bootstrap_error(result.stderr)
     assert "conflict  params.yaml" in result.stdout
     assert (tmp_path / "cats" / "params.yaml").read_text() == "mine: 1\n"
 

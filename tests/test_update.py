@@ -17,7 +17,7 @@ import pytest
 
 import bootstrap
 from helpers import bootstrap as run_bootstrap
-from helpers import git, make_host, make_template_repo
+from helpers import git, make_host, make_template_repo, one_bootstrap_error
 
 OUTCOMES = {"updated", "unchanged", "kept", "conflict", "new", "removed"}
 SUBMODULE = ".ml-aws-template"
@@ -134,13 +134,6 @@ def outcomes(out: str) -> dict[str, str]:
     return rows
 
 
-def one_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("bootstrap: error: ")
-    return lines[0]
-
-
 def record(host: Path) -> dict:
     return json.loads((host / RECORD).read_text())
 
@@ -232,7 +225,7 @@ def test_update_writes_markers_where_edits_overlap(host, a, b):
     result = run_bootstrap(host, "--update", check=False)
 
     assert result.returncode == 1
-    line = one_error_line(result.stderr)
+    line = one_bootstrap_error(result.stderr)
     assert "2 conflict(s) left in CHANGELOG.md, dvc.yaml" in line
     assert f"--adopt {b}" in line
     rows = outcomes(result.stdout)
@@ -258,7 +251,7 @@ def test_update_writes_markers_where_edits_overlap(host, a, b):
     )
     assert (host / "dvc.yaml").read_text() == dvc
     refused = run_bootstrap(host, "--adopt", b, check=False)
-    assert "conflict markers left in" in one_error_line(refused.stderr)
+    assert "conflict markers left in" in one_bootstrap_error(refused.stderr)
     assert record(host)["template_version"] == a
 
     (host / "dvc.yaml").write_text(dvc.split(">>>>>>> template", 1)[1].split("\n", 1)[1])
@@ -275,7 +268,7 @@ def test_dry_run_writes_nothing(host, a, b):
     result = run_bootstrap(host, "--update", "--dry-run", check=False)
     assert result.returncode == 1
     assert result.stdout.startswith("Would update project 'cats'")
-    assert "2 file(s) would conflict" in one_error_line(result.stderr)
+    assert "2 file(s) would conflict" in one_bootstrap_error(result.stderr)
     planned = outcomes(result.stdout)
     assert {path: planned[path] for path in EXPECTED_CONFLICT} == EXPECTED_CONFLICT
     assert snapshot(host) == before
@@ -289,7 +282,7 @@ def test_check_lists_what_would_change_until_updated(host, a, b):
     move_submodule(host, b)
     result = run_bootstrap(host, "--check", check=False)
     assert result.returncode == 1
-    assert "not at the template's version; run --update" in one_error_line(result.stderr)
+    assert "not at the template's version; run --update" in one_bootstrap_error(result.stderr)
     assert outcomes(result.stdout) == {
         "params.yaml": "updated",
         "dvc.yaml": "updated",
@@ -345,7 +338,7 @@ def test_update_without_a_usable_record_names_adopt(host, b, damage):
     for args in (["--update"], ["--update", "--dry-run"], ["--check"]):
         result = run_bootstrap(host, *args, check=False)
         assert result.returncode == 1
-        assert "--adopt VERSION" in one_error_line(result.stderr)
+        assert "--adopt VERSION" in one_bootstrap_error(result.stderr)
     assert snapshot(host) == before
 
 
@@ -355,7 +348,7 @@ def test_adopt_records_a_version_so_update_works(host, a, b):
     move_submodule(host, b)
     for bad in ("0" * 40, "no-such-ref", "--help"):
         result = run_bootstrap(host, f"--adopt={bad}", check=False)
-        assert "is not a commit in the template's history" in one_error_line(result.stderr)
+        assert "is not a commit in the template's history" in one_bootstrap_error(result.stderr)
     assert not (host / RECORD).exists()
 
     result = run_bootstrap(host, "--adopt", a[:10], "--torch", "cpu")
