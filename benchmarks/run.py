@@ -165,7 +165,7 @@ def lightning_epochs(cfg, epochs: int) -> list[float]:
     """Seconds per epoch of the generated project's trainer, from one train epoch to the next."""
     import lightning as L
 
-    from mlt_project.utils import create_datamodule, create_model, create_trainer
+    from mlt_project.factories import create_datamodule, create_model, create_trainer
 
     starts: list[float] = []
 
@@ -186,7 +186,7 @@ def lightning_epochs(cfg, epochs: int) -> list[float]:
 def bare_epochs(cfg, epochs: int) -> list[float]:
     import torch
 
-    from mlt_project.utils import create_datamodule, create_model
+    from mlt_project.factories import create_datamodule, create_model
 
     torch.manual_seed(0)
     datamodule = create_datamodule(cfg)
@@ -265,7 +265,7 @@ def p2(root: Path, tmp: Path, log: Path) -> dict:
     import pyarrow.parquet as pq
 
     from mlt_project.data.store import split_path
-    from mlt_project.utils import create_datamodule
+    from mlt_project.factories import create_datamodule
 
     training = {"accelerator": "cpu", "devices": 1, "batch_size": 256}
     cfg = base_config(
@@ -327,7 +327,7 @@ def memprobe(cfg_file: Path) -> None:
     import psutil
 
     from mlt_project.config import Config, _build
-    from mlt_project.utils import create_datamodule, create_model, create_trainer
+    from mlt_project.factories import create_datamodule, create_model, create_trainer
 
     cfg = _build(Config, json.loads(cfg_file.read_text()), "", cfg_file)
     trainer = create_trainer(cfg, max_epochs=1, accelerator="cpu", devices=1)
@@ -358,14 +358,15 @@ def p3(root: Path, tmp: Path, log: Path, count: int = 1500, size: int = 256) -> 
     # Photo-sized RGB PNGs (noise: they compress badly, so decoding is real work) to 64x64.
     cfg = base_config(root, tmp / "p3", data={"image_size": [64, 64], "channels": 3})
     cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, raw=str(raw)))
-    has_workers = "workers" in {f.name for f in dataclasses.fields(cfg.data)}
+    has_workers = "runtime" in {f.name for f in dataclasses.fields(cfg)}
     counts = [1, 2] if has_workers else [1]
     seconds: dict[int, list[float]] = {n: [] for n in counts}
     for _ in range(2):
         for n in counts:
             run_cfg = cfg
             if has_workers:
-                run_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=n))
+                runtime = dataclasses.replace(cfg.runtime, preprocess_workers=n)
+                run_cfg = dataclasses.replace(cfg, runtime=runtime)
             with quiet(log):
                 seconds[n].append(median_time(lambda c=run_cfg: preprocess(c), 1))
     best = {n: min(s) for n, s in seconds.items()}
@@ -384,7 +385,7 @@ def p3(root: Path, tmp: Path, log: Path, count: int = 1500, size: int = 256) -> 
 def p4(root: Path, tmp: Path, log: Path) -> dict:
     import torch
 
-    from mlt_project.utils import create_model
+    from mlt_project.factories import create_model
 
     cfg = base_config(root, tmp / "p4")
     model = create_model(cfg).eval()

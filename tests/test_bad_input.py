@@ -205,7 +205,8 @@ def test_images_of_any_mode_and_size_are_converted(tmp_path, channels):
     cfg = replace(
         base,
         paths=replace(base.paths, raw=str(tmp_path / "raw"), processed=str(tmp_path / "out")),
-        data=replace(base.data, channels=channels, num_classes=2, workers=1),
+        data=replace(base.data, channels=channels, num_classes=2),
+        runtime=replace(base.runtime, preprocess_workers=1),
     )
     write_mixed(tmp_path / "raw")
     counts = preprocess(cfg)
@@ -225,7 +226,8 @@ def test_corrupt_images_are_skipped_and_counted_when_asked(tmp_path, caplog):
     cfg = replace(
         base,
         paths=replace(base.paths, raw=str(tmp_path / "raw"), processed=str(tmp_path / "out")),
-        data=replace(base.data, num_classes=2, workers=1, skip_corrupt=True),
+        data=replace(base.data, num_classes=2, skip_corrupt=True),
+        runtime=replace(base.runtime, preprocess_workers=1),
     )
     write_mixed(tmp_path / "raw")
     broken = tmp_path / "raw" / "light" / "broken.png"

@@ -100,7 +100,7 @@ def test_generated_tests_survive_renaming_the_model_class(project):
     files = [
         package / "model" / "model.py",
         package / "model" / "__init__.py",
-        package / "utils.py",
+        package / "factories.py",
     ]
     originals = {path: path.read_text() for path in files}
     try:

@@ -326,7 +326,7 @@ def test_trainer_uses_ddp_for_several_devices_and_refuses_nodes_without_rendezvo
     import dataclasses
 
     from mlt_project.config import load_config
-    from mlt_project.utils import create_trainer
+    from mlt_project.factories import create_trainer
 
     base = load_config(Path(__file__).parent.parent / "template_configs/project/params.yaml")
     training = dataclasses.replace(base.training, accelerator="cpu", devices=2)

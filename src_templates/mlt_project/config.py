@@ -43,7 +43,6 @@ class DataConfig:
     val_fraction: float
     test_fraction: float
     seed: int
-    workers: int | str  # processes that decode images in preprocess; "auto" = one per CPU core
     skip_corrupt: bool  # skip (and count) unreadable images instead of stopping at the first
 
     def __post_init__(self) -> None:
@@ -58,8 +57,6 @@ class DataConfig:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave images for training")
-        if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 1):
-            raise ValueError('workers must be at least 1, or "auto"')
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -95,28 +92,43 @@ class TrainingConfig:
     num_nodes: int  # machines; more than 1 only in a multi-node AWS Batch job
     precision: str  # auto (bf16-mixed where the GPU supports it, else 32-true) or a Lightning value
     seed: int
-    pin_memory: bool  # page-locked batches for faster copies to the GPU; ignored without one
-    persistent_workers: bool  # keep DataLoader workers between epochs (num_workers > 0)
-    streaming: bool | str  # read Parquet row group by row group; auto = when data > RAM / 4
-    compile: bool  # torch.compile the model: slower first steps, faster after (mostly GPUs)
-    checkpoint_every_n_steps: int  # resume checkpoint interval; SIGTERM also saves one
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_epochs", "checkpoint_every_n_steps"):
+        for name in ("batch_size", "max_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
-        if self.num_workers < 0:
-            raise ValueError("num_workers must be 0 or more")
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ValueError('devices must be a number or "auto"')
         if isinstance(self.devices, int) and self.devices < 1:
             raise ValueError('devices must be at least 1, or "auto"')
         if self.num_nodes < 1:
             raise ValueError("num_nodes must be at least 1")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How fast the stages run, not what they compute: no DVC stage depends on these."""
+
+    preprocess_workers: int | str  # processes decoding images; auto = from cores and image count
+    loader_workers: int  # DataLoader worker processes
+    pin_memory: bool  # page-locked batches for faster copies to the GPU; ignored without one
+    persistent_workers: bool  # keep DataLoader workers between epochs (loader_workers > 0)
+    streaming: bool | str  # read Parquet row group by row group; auto = when data > RAM / 4
+    compile: bool  # torch.compile the network: slower first steps, faster after (mostly GPUs)
+    checkpoint_every_n_steps: int  # resume checkpoint interval; SIGTERM also saves one
+
+    def __post_init__(self) -> None:
+        workers = self.preprocess_workers
+        if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
+            raise ValueError('preprocess_workers must be at least 1, or "auto"')
+        if self.loader_workers < 0:
+            raise ValueError("loader_workers must be 0 or more")
         if isinstance(self.streaming, str) and self.streaming != "auto":
             raise ValueError('streaming must be true, false or "auto"')
+        if self.checkpoint_every_n_steps < 1:
+            raise ValueError("checkpoint_every_n_steps must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,7 @@ class Config:
     data: DataConfig
     model: ModelConfig
     training: TrainingConfig
+    runtime: RuntimeConfig
     evaluation: EvaluationConfig
     release: ReleaseConfig
 

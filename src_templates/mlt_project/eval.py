@@ -21,7 +21,8 @@ from torchmetrics.functional.classification import (
 from .config import PARAMS_FILE, Config, load_config
 from .errors import run_main
 from .files import atomic_output
-from .utils import create_datamodule, create_trainer, load_model, setup_logger
+from .factories import create_datamodule, create_trainer, load_model
+from .logs import setup_logger
 
 
 def classification_report(

@@ -25,7 +25,7 @@ from .data.store import read_split
 from .errors import PipelineError, run_main
 from .files import atomic_output
 from .onnx_export import onnx_session, run_onnx
-from .utils import setup_logger
+from .logs import setup_logger
 
 BATCH_SIZE = 256
 

@@ -35,8 +35,6 @@ from .files import atomic_output, sha256_file
 CHECKPOINT_FORMAT = 1
 FORMAT_KEY = "ml_template"  # not the module name: bootstrap would rename it
 RESUME_FILE = "last.ckpt"
-# Knobs that change how often state is saved, not what is trained.
-NOT_IN_FINGERPRINT = {"checkpoint_every_n_steps"}
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +45,11 @@ def resume_file(cfg: Config) -> Path:
 
 def run_fingerprint(cfg: Config) -> str:
     """SHA-256 of what decides the training run: params, processed data and code."""
-    training = {
-        key: value
-        for key, value in dataclasses.asdict(cfg.training).items()
-        if key not in NOT_IN_FINGERPRINT
-    }
     package = Path(__file__).resolve().parent
     identity = {
         "format": CHECKPOINT_FORMAT,
         "model": dataclasses.asdict(cfg.model),
-        "training": training,
+        "training": dataclasses.asdict(cfg.training),
         "input_shape": list(cfg.data.input_shape),
         "num_classes": cfg.data.num_classes,
         "data": {split: sha256_file(split_path(cfg.paths.processed, split)) for split in SPLITS},

@@ -18,7 +18,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .config import PARAMS_FILE, Config, load_config
 from .errors import Interrupted, PipelineError, run_main
 from .resume import ResumeCheckpoint, find_resume, resume_file, run_fingerprint, save_checkpoint
-from .utils import create_datamodule, create_model, create_trainer, setup_logger
+from .factories import create_datamodule, create_model, create_trainer
+from .logs import setup_logger
 
 
 def train(cfg: Config) -> dict[str, float]:
@@ -30,7 +31,7 @@ def train(cfg: Config) -> dict[str, float]:
     log = setup_logger()
     L.seed_everything(cfg.training.seed, workers=True)
     fingerprint = run_fingerprint(cfg)
-    resume = ResumeCheckpoint(resume_file(cfg), fingerprint, cfg.training.checkpoint_every_n_steps)
+    resume = ResumeCheckpoint(resume_file(cfg), fingerprint, cfg.runtime.checkpoint_every_n_steps)
     previous_handler = signal.getsignal(signal.SIGTERM)
     resume.install_handler()  # from here on, SIGTERM means: checkpoint at the next step, then stop
     try:
@@ -40,7 +41,7 @@ def train(cfg: Config) -> dict[str, float]:
         trainer.callbacks.append(resume)
         # Lightning fits the compiled module and saves the plain one's weights in the checkpoint.
         trainer.fit(
-            torch.compile(model) if cfg.training.compile else model,
+            torch.compile(model) if cfg.runtime.compile else model,
             datamodule=datamodule,
             # Every process loads the checkpoint itself: the nodes of a multi-node job each have
             # a disk of their own, so only a single machine resumes.

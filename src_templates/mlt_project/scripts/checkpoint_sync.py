@@ -21,7 +21,7 @@ from ..env import load_env
 from ..errors import PipelineError, run_main
 from ..files import atomic_output, sha256_file
 from ..resume import RESUME_FILE, resume_file
-from ..utils import setup_logger
+from ..logs import setup_logger
 from .s3 import object_exists, put_file, s3_client, s3_errors
 
 SETTING = "CHECKPOINT_S3_URI"

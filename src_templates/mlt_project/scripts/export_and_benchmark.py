@@ -27,7 +27,8 @@ from ..data.store import read_split, split_path
 from ..errors import PipelineError, run_main
 from ..files import atomic_output
 from ..onnx_export import check_parity, export_onnx, onnx_session, run_onnx, run_torch
-from ..utils import load_model, setup_logger
+from ..factories import load_model
+from ..logs import setup_logger
 
 Runner = Callable[[np.ndarray], np.ndarray]
 

@@ -29,7 +29,8 @@ from ..env import load_env, require_env
 from ..errors import PipelineError, run_main
 from ..files import atomic_output, sha256_file
 from ..onnx_export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx
-from ..utils import load_model, setup_logger
+from ..factories import load_model
+from ..logs import setup_logger
 from .gitrepo import (
     create_annotated_tag,
     git,

@@ -2,7 +2,7 @@ import dataclasses
 
 import torch
 
-from mlt_project.utils import create_datamodule
+from mlt_project.factories import create_datamodule
 
 
 def test_batches_come_from_the_parquet_splits(processed):
@@ -24,7 +24,7 @@ def test_streaming_yields_the_same_rows_as_in_memory(processed):
     for streaming in (False, True):
         datamodule = create_datamodule(
             dataclasses.replace(
-                cfg, training=dataclasses.replace(cfg.training, streaming=streaming)
+                cfg, runtime=dataclasses.replace(cfg.runtime, streaming=streaming)
             )
         )
         datamodule.setup("fit")

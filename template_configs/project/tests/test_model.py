@@ -1,6 +1,6 @@
 import torch
 
-from mlt_project.utils import create_model
+from mlt_project.factories import create_model
 
 
 def test_output_has_one_logit_per_class(cfg):

@@ -7,13 +7,13 @@ from mlt_project.data.store import SPLITS, read_split, split_path
 
 
 def test_worker_processes_write_the_same_splits_as_one_process(processed, tmp_path):
-    cfg = processed  # preprocessed with data.workers from params.yaml (auto)
+    cfg = processed  # preprocessed with runtime.preprocess_workers from params.yaml (auto)
     serial = tmp_path / "serial"
     preprocess(
         dataclasses.replace(
             cfg,
             paths=dataclasses.replace(cfg.paths, processed=str(serial)),
-            data=dataclasses.replace(cfg.data, workers=1),
+            runtime=dataclasses.replace(cfg.runtime, preprocess_workers=1),
         )
     )
     for split in SPLITS:

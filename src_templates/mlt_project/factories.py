@@ -1,8 +1,7 @@
-"""Factories shared by train.py and eval.py: everything is built here, from the config."""
+"""Factories: the DataModule, the model and the Trainer are built here, from the config."""
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from .config import Config
 from .data.datamodule import ImageDataModule
 from .distributed import require_rendezvous
-from .errors import PipelineError, RedactSecrets
+from .errors import PipelineError
 from .model import ImageClassifier
 from .resume import read_checkpoint
 
@@ -29,24 +28,15 @@ warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 LOG_EVERY_N_STEPS = 10
 
 
-def setup_logger(level: int = logging.INFO) -> logging.Logger:
-    """Log to stderr with timestamps; returns the package's logger."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
-            handler.addFilter(RedactSecrets())
-    return logging.getLogger(__package__)
-
-
 def create_datamodule(cfg: Config) -> ImageDataModule:
     return ImageDataModule(
         processed_dir=cfg.paths.processed,
         batch_size=cfg.training.batch_size,
         eval_batch_size=cfg.evaluation.batch_size,
-        num_workers=cfg.training.num_workers,
-        pin_memory=cfg.training.pin_memory and torch.cuda.is_available(),
-        persistent_workers=cfg.training.persistent_workers,
-        streaming=cfg.training.streaming,
+        num_workers=cfg.runtime.loader_workers,
+        pin_memory=cfg.runtime.pin_memory and torch.cuda.is_available(),
+        persistent_workers=cfg.runtime.persistent_workers,
+        streaming=cfg.runtime.streaming,
         seed=cfg.training.seed,
     )
 
