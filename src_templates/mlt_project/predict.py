@@ -24,8 +24,8 @@ from .data.preprocess import IMAGE_SUFFIXES, load_image
 from .data.store import read_split
 from .errors import PipelineError, run_main
 from .files import atomic_output
-from .onnx_export import onnx_session, run_onnx
 from .logs import setup_logger
+from .onnx_export import onnx_session, run_onnx
 
 BATCH_SIZE = 256
 

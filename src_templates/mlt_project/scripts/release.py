@@ -27,10 +27,10 @@ from ..config import PARAMS_FILE, Config, load_config
 from ..data.store import read_split, split_path
 from ..env import load_env, require_env
 from ..errors import PipelineError, run_main
-from ..files import atomic_output, sha256_file
-from ..onnx_export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx
 from ..factories import load_model
+from ..files import atomic_output, sha256_file
 from ..logs import setup_logger
+from ..onnx_export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx
 from .gitrepo import (
     create_annotated_tag,
     git,
