@@ -90,3 +90,20 @@ def make_host(path: Path, template_repo: Path) -> Path:
 def bootstrap(host: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the submodule's bootstrap.py from the host root, as a user does."""
     return run("python3", ".ml-aws-template/bootstrap.py", *args, cwd=host, check=check)
+
+
+def set_params(project: Path, **changes: object) -> None:
+    """Set dotted keys in a project's params.yaml (`data__image_size=[32, 32]` for data.image_size),
+    through YAML, as a user editing the file would: each key must exist already."""
+    import yaml
+
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *sections, key = dotted.split("__")
+        node = params
+        for section in sections:
+            node = node[section]
+        assert key in node, f"{dotted.replace('__', '.')} is not in {path}"
+        node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))

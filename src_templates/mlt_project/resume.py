@@ -62,7 +62,9 @@ def run_fingerprint(cfg: Config) -> str:
     code = sorted(
         path
         for entry in TRAINING_CODE
-        for path in ([package / entry] if entry.endswith(".py") else (package / entry).rglob("*.py"))
+        for path in (
+            [package / entry] if entry.endswith(".py") else (package / entry).rglob("*.py")
+        )
     )
     identity = {
         "format": CHECKPOINT_FORMAT,
@@ -72,10 +74,7 @@ def run_fingerprint(cfg: Config) -> str:
         "input_shape": list(cfg.data.input_shape),
         "num_classes": cfg.data.num_classes,
         "data": {split: sha256_file(split_path(cfg.paths.processed, split)) for split in SPLITS},
-        "code": {
-            path.relative_to(package).as_posix(): sha256_file(path)
-            for path in code
-        },
+        "code": {path.relative_to(package).as_posix(): sha256_file(path) for path in code},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .config import PARAMS_FILE, Config, load_config

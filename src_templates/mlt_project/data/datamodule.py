@@ -6,6 +6,7 @@ per DataLoader worker in memory, for data sets larger than RAM (`training.stream
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,6 +172,15 @@ class ImageDataModule(L.LightningDataModule):
                 f"training.batch_size {self.batch_size} is larger than the training split "
                 f"({self.datasets['train'].num_rows} images): lower it or add images"
             )
+
+    def batches_per_epoch(self, world_size: int = 1) -> int:
+        """Training batches each process takes per epoch (after setup("fit"))."""
+        dataset = self.datasets["train"]
+        if isinstance(dataset, ParquetBatches):
+            groups = sum(-(-rows // self.batch_size) for rows in dataset.group_rows)
+            return groups // world_size
+        # Under DDP, Lightning's DistributedSampler gives each process ceil(n / world) rows.
+        return math.ceil(math.ceil(dataset.num_rows / world_size) / self.batch_size)
 
     def _load(self, split: str) -> TensorBatches | ParquetBatches:
         path = split_path(self.processed_dir, split)

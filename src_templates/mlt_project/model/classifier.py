@@ -85,7 +85,7 @@ class ImageClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         settings = self.hparams.optimizer
         optimizer = make_optimizer(self.net.parameters(), settings)
-        total = self.trainer.estimated_stepping_batches
+        total = self.total_steps()
         warmup = round(settings["warmup_epochs"] * total / max(self.trainer.max_epochs or 1, 1))
         scheduler = make_scheduler(optimizer, settings, total, warmup)
         if scheduler is None:
@@ -95,6 +95,23 @@ class ImageClassifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def total_steps(self) -> int:
+        """Optimizer steps in the whole run, which the schedule spans.
+
+        Not trainer.estimated_stepping_batches when the DataModule can tell: called here, before
+        a resume restores the loops, it builds the train loader early, and the loader's restored
+        position is then lost (the resumed run would differ from an uninterrupted one).
+        """
+        trainer = self.trainer
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "batches_per_epoch"):
+            return int(trainer.estimated_stepping_batches)
+        batches = datamodule.batches_per_epoch(trainer.world_size)
+        total = math.ceil(batches / trainer.accumulate_grad_batches) * max(
+            trainer.max_epochs or 1, 1
+        )
+        return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
 
 def make_optimizer(parameters: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:

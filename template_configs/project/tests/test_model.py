@@ -25,5 +25,5 @@ def test_an_unknown_network_names_the_closest_ones(cfg):
 
 def test_network_options_are_checked_against_the_network(cfg):
     networks = {**cfg.model.networks, "mlp": {"hidden_size": 32, "dropuot": 0.1}}
-    with pytest.raises(ConfigError, match="unknown key 'model.mlp.dropuot'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.mlp\.dropuot'"):
         create_model(with_model(cfg, name="mlp", networks=networks))

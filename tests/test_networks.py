@@ -1,0 +1,449 @@
+"""Real image networks in the template's package: torchvision backbones, weights from a file or
+torch's cache (never downloaded here), frozen backbones, augmentation, optimizers and schedules."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from helpers import MODULE, REPO, env, run, set_params
+from mlt_project.config import Config, load_config
+from mlt_project.data.preprocess import preprocess
+from mlt_project.data.store import read_split, split_path
+from mlt_project.errors import PipelineError
+from mlt_project.eval import evaluate
+from mlt_project.factories import create_model, load_network
+from mlt_project.model.augment import BatchAugment
+from mlt_project.model.classifier import make_scheduler
+from mlt_project.train import train
+
+PARAMS = REPO / "template_configs" / "project" / "params.yaml"
+RESNET18_FILE = "resnet18-f37072fd.pth"  # the name torchvision's IMAGENET1K_V1 weights have
+
+
+def config(tmp_path: Path, *, model=None, training=None, augment=None, data=None) -> Config:
+    """The template's params with paths in tmp_path, CPU-sized, and `section` changes."""
+    base = load_config(PARAMS)
+    paths = {field.name: str(tmp_path / field.name) for field in dataclasses.fields(base.paths)}
+    data = {"num_classes": 3, "val_fraction": 0.2, "test_fraction": 0.2, **(data or {})}
+    training = {
+        "batch_size": 8,
+        "max_epochs": 2,
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        **(training or {}),
+    }
+    return dataclasses.replace(
+        base,
+        paths=dataclasses.replace(base.paths, **paths),
+        data=dataclasses.replace(base.data, **data),
+        model=dataclasses.replace(base.model, **(model or {})),
+        training=dataclasses.replace(base.training, **training),
+        augment=dataclasses.replace(base.augment, **(augment or {})),
+        runtime=dataclasses.replace(base.runtime, preprocess_workers=1),
+    )
+
+
+def saved_resnet18(path: Path) -> dict[str, torch.Tensor]:
+    """A 1000-class resnet18 state_dict, as an ImageNet checkpoint is shaped, saved to `path`."""
+    torch.manual_seed(1)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, path)
+    return state
+
+
+def write_images(raw: Path, classes: int = 3, per_class: int = 12, size: int = 16) -> None:
+    """RGB images whose colour depends on the class, so a network can learn them."""
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        (raw / f"c{label}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 70, (size, size, 3))
+            pixels[..., label % 3] += 150
+            Image.fromarray(pixels.astype(np.uint8)).save(raw / f"c{label}" / f"{i}.png")
+
+
+def test_weights_file_initialises_the_backbone_and_the_head_fits_the_classes(tmp_path):
+    state = saved_resnet18(tmp_path / "weights.pt")
+    cfg = config(
+        tmp_path,
+        model={"name": "resnet18", "weights_file": str(tmp_path / "weights.pt")},
+        data={"image_size": [32, 32], "channels": 3},
+    )
+    net = create_model(cfg).net
+    assert torch.equal(net.body.conv1.weight, state["conv1.weight"])
+    assert torch.equal(net.body.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    assert (net.body.fc.in_features, net.body.fc.out_features) == (512, 3)
+    logits = net(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert logits.shape == (2, 3)
+
+
+def test_grayscale_images_go_through_an_rgb_network(tmp_path):
+    saved_resnet18(tmp_path / "weights.pt")
+    cfg = config(
+        tmp_path,
+        model={"name": "resnet18", "weights_file": str(tmp_path / "weights.pt")},
+        data={"image_size": [32, 32], "channels": 1},
+    )
+    net = create_model(cfg).net.eval()
+    gray = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    # The same as feeding the RGB image whose three channels are that gray.
+    expected = net.body((gray.float().expand(-1, 3, -1, -1) / 255 - net.mean) / net.std)
+    torch.testing.assert_close(net(gray), expected)
+
+
+def test_pretrained_weights_are_read_from_torch_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    state = saved_resnet18(cache / RESNET18_FILE)
+    cfg = config(
+        tmp_path,
+        model={"name": "resnet18", "pretrained": "IMAGENET1K_V1"},
+        data={"image_size": [32, 32], "channels": 3},
+    )
+    net = create_model(cfg).net
+    assert torch.equal(net.body.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+
+
+def test_pretrained_weights_without_network_name_the_file_to_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # Every download goes to a proxy on a loopback port nothing listens on: refused at once,
+    # and no request leaves this machine.
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = config(
+        tmp_path,
+        model={"name": "resnet18", "pretrained": "DEFAULT"},
+        data={"image_size": [32, 32], "channels": 3},
+    )
+    with pytest.raises(PipelineError) as error:
+        create_model(cfg)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "cannot download the resnet18 DEFAULT weights" in message
+    assert f"{tmp_path / 'torch' / 'hub' / 'checkpoints' / RESNET18_FILE}" in message
+    assert "model.weights_file" in message
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ({"name": "resnet_18"}, {}, "did you mean resnet18"),
+        ({"name": "resnet18", "pretrained": "IMAGENET9K"}, {}, "use one of DEFAULT, IMAGENET1K_V1"),
+        (
+            {"name": "vit_b_16"},
+            {"image_size": [32, 32]},
+            "vit_b_16 needs images of at least 224x224",
+        ),
+        (
+            {"name": "mlp", "weights_file": "missing.pt"},
+            {},
+            "model.weights_file missing.pt not found",
+        ),
+    ],
+)
+def test_model_choices_that_cannot_work_are_one_line_errors(tmp_path, model, data, message):
+    cfg = config(tmp_path, model=model, data={"channels": 3, **data})
+    with pytest.raises(PipelineError, match=message):
+        create_model(cfg)
+
+
+def test_the_backbone_trains_only_after_the_frozen_epochs(tmp_path):
+    weights = tmp_path / "cnn.pt"
+    options = {"width": 4, "blocks": 2, "dropout": 0.0}
+    cfg = config(
+        tmp_path,
+        model={"name": "cnn", "networks": {"cnn": options}},
+        data={"image_size": [16, 16], "channels": 3},
+    )
+    torch.save(create_model(cfg).net.body.state_dict(), weights)
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, weights_file=str(weights), freeze_backbone_epochs=1),
+        training=dataclasses.replace(cfg.training, max_epochs=2),
+    )
+    write_images(Path(cfg.paths.raw))
+    preprocess(cfg)
+
+    import lightning as L
+
+    from mlt_project.factories import create_datamodule, create_trainer
+
+    seen: list[dict[str, bool]] = []
+
+    class Record(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            body = pl_module.net.body
+            seen.append(
+                {
+                    "backbone_trains": body.features[0].weight.requires_grad,
+                    "head_trains": body.head[-1].weight.requires_grad,
+                    "backbone_as_loaded": torch.equal(
+                        body.features[0].weight, torch.load(weights)["features.0.weight"]
+                    ),
+                }
+            )
+
+    model = create_model(cfg)
+    trainer = create_trainer(cfg, logger=False, callbacks=[Record()])
+    trainer.fit(model, datamodule=create_datamodule(cfg))
+    assert seen == [
+        {"backbone_trains": False, "head_trains": True, "backbone_as_loaded": True},
+        {"backbone_trains": True, "head_trains": True, "backbone_as_loaded": False},
+    ]
+
+
+def test_augmentation_off_leaves_batches_untouched():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    assert BatchAugment()(images) is images
+
+
+def test_augmentation_draws_parameters_per_image():
+    torch.manual_seed(0)
+    image = torch.arange(3 * 16 * 16, dtype=torch.float32).reshape(1, 3, 16, 16) % 256
+    batch = image.expand(8, -1, -1, -1).contiguous()
+    out = BatchAugment(crop_scale=(0.3, 0.9), rotation=20, color_jitter=0.3)(batch)
+    assert out.shape == batch.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 255
+    distinct = {tuple(o.flatten()[:64].round().tolist()) for o in out}
+    assert len(distinct) == 8, "images of one batch got the same augmentation"
+
+
+def test_horizontal_flip_alone_mirrors_about_half_of_the_images():
+    torch.manual_seed(0)
+    batch = torch.rand(64, 1, 8, 8) * 255
+    out = BatchAugment(horizontal_flip=True)(batch)
+    same = [torch.allclose(o, b, atol=1e-3) for o, b in zip(out, batch, strict=True)]
+    mirrored = [torch.allclose(o, b.flip(-1), atol=1e-3) for o, b in zip(out, batch, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert 16 < sum(mirrored) < 48
+
+
+def test_evaluation_and_export_ignore_augmentation_settings(tmp_path):
+    """One fixed checkpoint, evaluated and exported under params with and without augment."""
+    from mlt_project.onnx_export import export_onnx
+
+    plain = config(tmp_path, model={"name": "cnn"}, data={"image_size": [16, 16], "channels": 3})
+    write_images(Path(plain.paths.raw))
+    preprocess(plain)
+    train(plain)
+    augmented = dataclasses.replace(
+        plain,
+        augment=dataclasses.replace(
+            plain.augment,
+            crop_scale=[0.5, 1.0],
+            horizontal_flip=True,
+            rotation=30.0,
+            color_jitter=0.4,
+        ),
+    )
+    images, _, _ = read_split(split_path(plain.paths.processed, "test"))
+    results, outputs = [], []
+    for cfg in (plain, augmented):
+        results.append(evaluate(cfg))
+        torch.manual_seed(123)  # a different random state must not matter either
+        outputs.append(load_network(cfg)(torch.from_numpy(images)).detach())
+        onnx_file = tmp_path / f"model-{len(outputs)}.onnx"
+        export_onnx(load_network(cfg), onnx_file, cfg.data.input_shape, cfg.release.onnx_opset)
+    assert results[0] == results[1]
+    assert torch.equal(outputs[0], outputs[1])
+    import onnxruntime as ort
+
+    runs = [
+        ort.InferenceSession(str(tmp_path / f"model-{i}.onnx")).run(None, {"images": images})[0]
+        for i in (1, 2)
+    ]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    metrics = json.loads(Path(plain.paths.metrics).read_text())
+    assert metrics["num_samples"] == len(images)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    settings = {"name": "sgd", "lr": 0.1, "scheduler": "cosine"}
+    scheduler = make_scheduler(optimizer, settings, total=100, warmup=10)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.01)  # 1/10 of the way up
+    assert rates[9] == pytest.approx(0.1)  # warm-up done
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
+    assert rates[-1] < 0.001
+
+
+def test_onecycle_peaks_at_the_learning_rate():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=0.1)
+    settings = {"name": "adamw", "lr": 0.1, "scheduler": "onecycle"}
+    scheduler = make_scheduler(optimizer, settings, total=50, warmup=10)
+    rates = []
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert max(rates) == pytest.approx(0.1, rel=1e-3)
+    assert rates.index(max(rates)) in (8, 9, 10)
+
+
+# ---------------------------------------------------------------- in a baked project
+
+
+def write_rgb_pngs(raw: Path, classes: int, per_class: int, size: int) -> None:
+    rng = np.random.default_rng(1)
+    for label in range(classes):
+        folder = raw / f"class-{label}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (size, size, 3))
+            pixels[..., label % 3] += 120 + 30 * (label // 3)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+@pytest.mark.e2e
+def test_resnet18_on_own_rgb_images_trains_exports_predicts_and_passes_its_tests(project_copy):
+    """A user's own data (3x32x32 RGB, 4 classes) and a torchvision network, set in params.yaml
+    as the README says; then the whole pipeline, the release export and the project's tests."""
+    shutil.rmtree(project_copy / "data" / "raw")
+    write_rgb_pngs(project_copy / "data" / "raw", classes=4, per_class=30, size=32)
+    set_params(
+        project_copy,
+        data__image_size=[32, 32],
+        data__channels=3,
+        data__num_classes=4,
+        model__name="resnet18",
+        training__max_epochs=2,
+        training__batch_size=16,
+    )
+    run("dvc", "repro", cwd=project_copy)
+    results = json.loads((project_copy / "evaluation_results.json").read_text())
+    assert results["num_samples"] == 4 * round(30 * 0.15)
+    export = run(sys.executable, "-m", f"{MODULE}.scripts.release", "export-onnx", cwd=project_copy)
+    assert "classes identical" in export.stderr
+    info = json.loads((project_copy / "releases" / "model_info.json").read_text())
+    assert info["parity"]["max_abs_diff"] <= info["parity"]["atol"]
+    run(
+        sys.executable, "-m", f"{MODULE}.predict", "data/raw/class-2", "--out", "p.csv",
+        cwd=project_copy,
+    )  # fmt: skip
+    rows = (project_copy / "p.csv").read_text().splitlines()
+    assert len(rows) == 1 + 30
+    tests = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project_copy)
+    assert "passed" in tests.stdout and "failed" not in tests.stdout
+
+
+@pytest.mark.e2e
+def test_cnn_beats_the_mlp_on_the_digits(project_copy, trained_project):
+    mlp = json.loads((trained_project.root / "evaluation_results.json").read_text())["accuracy"]
+    set_params(project_copy, model__name="cnn")
+    repro = run("dvc", "repro", cwd=project_copy)
+    assert "Running stage 'preprocess'" not in repro.stdout  # a model change keeps the data
+    cnn = json.loads((project_copy / "evaluation_results.json").read_text())["accuracy"]
+    print(f"test accuracy on the digits: cnn {cnn:.4f}, mlp {mlp:.4f}")
+    assert cnn > mlp
+
+
+@pytest.mark.e2e
+def test_a_new_network_is_one_class_in_nets_py(trained_project, project_copy):
+    """What the README's "Use your own network" says: one file touched (nets.py)."""
+    nets = trained_project.root / "src" / MODULE / "model" / "nets.py"  # the installed code
+    original = nets.read_text()
+    try:
+        nets.write_text(
+            original
+            + '''
+
+@network("tiny")
+class Tiny(nn.Module):
+    """Average pooling to 4x4, then one linear layer."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, pool: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(input_shape[0] * pool * pool, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+'''
+        )
+        params = project_copy / "params.yaml"
+        params.write_text(params.read_text().replace("  mlp:", "  tiny:\n    pool: 4\n  mlp:", 1))
+        set_params(project_copy, model__name="tiny", training__max_epochs=2)
+        run("dvc", "repro", cwd=project_copy)
+        export = run(
+            sys.executable, "-m", f"{MODULE}.scripts.release", "export-onnx", cwd=project_copy
+        )
+        assert "classes identical" in export.stderr
+        checkpoint = torch.load(project_copy / "models" / "model.ckpt", weights_only=False)
+        assert checkpoint["hyper_parameters"]["network"]["name"] == "tiny"
+        assert checkpoint["state_dict"]["net.body.layers.2.weight"].shape == (10, 16)
+    finally:
+        nets.write_text(original)
+
+
+@pytest.mark.e2e
+def test_resume_is_exact_with_augmentation_a_schedule_and_a_cnn(project_copy):
+    """SIGKILL mid-run, then resume: the same weights as a run that was never interrupted,
+    with random augmentation, a warm-up + cosine schedule and BatchNorm in play."""
+    set_params(
+        project_copy,
+        model__name="cnn",
+        training__max_epochs=3,
+        training__scheduler="cosine",
+        training__warmup_epochs=1,
+        augment__crop_scale=[0.6, 1.0],
+        augment__horizontal_flip=True,
+        augment__rotation=15,
+        augment__color_jitter=0.2,
+        runtime__checkpoint_every_n_steps=7,
+    )
+    params = project_copy / "params.yaml"
+    params.write_text(
+        params.read_text().replace("width: 32", "width: 8").replace("blocks: 3", "blocks: 2")
+    )
+    train_cmd = (sys.executable, "-m", f"{MODULE}.train")
+    run(*train_cmd, cwd=project_copy)
+    model = project_copy / "models" / "model.ckpt"
+    expected = torch.load(model, map_location="cpu", weights_only=False)["state_dict"]
+    model.unlink()
+
+    resume = project_copy / "checkpoints" / "last.ckpt"
+    training = subprocess.Popen(
+        [str(c) for c in train_cmd], cwd=project_copy, env=env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not resume.exists():
+        assert training.poll() is None, training.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no resume checkpoint appeared"
+        time.sleep(0.02)
+    training.kill()
+    training.communicate()
+    assert training.returncode == -signal.SIGKILL, "training finished before the kill"
+    step = torch.load(resume, map_location="cpu", weights_only=False)["global_step"]
+    again = run(*train_cmd, cwd=project_copy)
+    assert f"step {step}" in again.stderr
+    actual = torch.load(model, map_location="cpu", weights_only=False)["state_dict"]
+    assert actual.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), f"{name} differs from the uninterrupted run"
