@@ -736,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     benches = {"P1": p1, "P2": p2, "P2b": p2b, "P3": p3, "P3m": p3m, "P4": p4, "P5": p5_p6}
-    wanted = [b.strip().upper() for b in args.only.split(",")]
+    names = {name.upper(): name for name in benches}
+    wanted = [names[b.strip().upper()] for b in args.only.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log = args.out.with_suffix(".log")
     log.write_text("")
