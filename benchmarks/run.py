@@ -6,7 +6,9 @@ P1  Lightning epoch (train + validation) / a bare PyTorch loop: same model, tens
     and optimizer; median of steady-state epochs after warm-up; logging and progress bar on.
 P2  DataModule.setup("fit") / pyarrow read_table + to_numpy of the same files; and the peak
     memory that training on the larger set adds, in copies of that data.
+P2b images/s through the training DataLoader alone, 3x64x64: streamed with 2 workers / in memory.
 P3  preprocess (PNG class folders -> Parquet) with 2 workers / with 1; images per second.
+P3m peak RSS of preprocess (main process + workers) on 4,000 RGB images at 64, 128, 224 px.
 P4  PyTorch eager p50 latency / ONNX Runtime p50 latency at batch 1, default model, CPU.
 P5  a no-op `dvc repro` in a baked project.   P6  the whole default pipeline on the sample data.
 
@@ -45,7 +47,10 @@ TARGETS = {  # id -> (comparison, bound); ratios are "ours / baseline" unless na
     "P1 synthetic-60k": ("<=", 1.05),
     "P2 setup": ("<=", 1.3),
     "P2 peak memory (copies)": ("<=", 2.0),
+    "P2b streamed/in-memory img/s": (">=", 0.9),
     "P3 2 workers speed-up": (">=", 1.6),
+    "P3m RSS at 224 px (MB)": ("<=", 1024.0),
+    "P3m rise / row group": ("<=", 2.0),
     "P4 eager/ORT p50": (">=", 2.0),
     "P5 no-op repro (s)": ("<=", 3.0),
     "P6 pipeline (s)": ("<=", 60.0),
@@ -110,7 +115,18 @@ def base_config(root: Path, tmp: Path, **sections: dict):
     return dataclasses.replace(cfg, **changes)
 
 
-def write_synthetic(processed: Path, splits: dict[str, int], size: int, classes: int = 10) -> int:
+def factories():
+    """The factories module: `factories` now, `utils` in checkouts before the rename."""
+    try:
+        from mlt_project import factories as module
+    except ImportError:
+        from mlt_project import utils as module
+    return module
+
+
+def write_synthetic(
+    processed: Path, splits: dict[str, int], size: int, classes: int = 10, channels: int = 1
+) -> int:
     """Random uint8 images with learnable class offsets as Parquet splits; returns data bytes."""
     from mlt_project.data.store import split_path, write_split
 
@@ -118,7 +134,7 @@ def write_synthetic(processed: Path, splits: dict[str, int], size: int, classes:
     total = 0
     for split, count in splits.items():
         labels = rng.integers(0, classes, count)
-        images = rng.integers(0, 128, (count, 1, size, size), dtype=np.uint8)
+        images = rng.integers(0, 128, (count, channels, size, size), dtype=np.uint8)
         images += (labels * 12).astype(np.uint8)[:, None, None, None]
         write_split(split_path(processed, split), images, labels, [str(c) for c in range(classes)])
         total += images.nbytes
@@ -165,7 +181,8 @@ def lightning_epochs(cfg, epochs: int) -> list[float]:
     """Seconds per epoch of the generated project's trainer, from one train epoch to the next."""
     import lightning as L
 
-    from mlt_project.factories import create_datamodule, create_model, create_trainer
+    create_datamodule, create_model = factories().create_datamodule, factories().create_model
+    create_trainer = factories().create_trainer
 
     starts: list[float] = []
 
@@ -186,7 +203,7 @@ def lightning_epochs(cfg, epochs: int) -> list[float]:
 def bare_epochs(cfg, epochs: int) -> list[float]:
     import torch
 
-    from mlt_project.factories import create_datamodule, create_model
+    create_datamodule, create_model = factories().create_datamodule, factories().create_model
 
     torch.manual_seed(0)
     datamodule = create_datamodule(cfg)
@@ -265,7 +282,8 @@ def p2(root: Path, tmp: Path, log: Path) -> dict:
     import pyarrow.parquet as pq
 
     from mlt_project.data.store import split_path
-    from mlt_project.factories import create_datamodule
+
+    create_datamodule = factories().create_datamodule
 
     training = {"accelerator": "cpu", "devices": 1, "batch_size": 256}
     cfg = base_config(
@@ -327,7 +345,9 @@ def memprobe(cfg_file: Path) -> None:
     import psutil
 
     from mlt_project.config import Config, _build
-    from mlt_project.factories import create_datamodule, create_model, create_trainer
+
+    create_datamodule, create_model = factories().create_datamodule, factories().create_model
+    create_trainer = factories().create_trainer
 
     cfg = _build(Config, json.loads(cfg_file.read_text()), "", cfg_file)
     trainer = create_trainer(cfg, max_epochs=1, accelerator="cpu", devices=1)
@@ -345,6 +365,43 @@ def memprobe(cfg_file: Path) -> None:
     done.set()
     sampler.join()
     print(max(peak[0], process.memory_info().rss) - before)
+
+
+def p2b(root: Path, tmp: Path, log: Path, count: int = 20_000, size: int = 64) -> dict:
+    """Images/s through train_dataloader alone: streamed, 2 workers / in memory, 0 workers."""
+    base = base_config(
+        root,
+        tmp / "p2b",
+        data={"image_size": [size, size], "channels": 3},
+        training={"accelerator": "cpu", "devices": 1, "batch_size": 256},
+    )
+    write_synthetic(Path(base.paths.processed), {"train": count, "val": 1000}, size, channels=3)
+    runs = {"in_memory": {"streaming": False, "loader_workers": 0}}
+    runs["streamed"] = {"streaming": True, "loader_workers": 2, "persistent_workers": True}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for name, runtime in runs.items():
+        cfg = base_config(root, tmp / "p2b", **{"data": {"image_size": [size, size],
+                          "channels": 3}, "training": {"batch_size": 256}, "runtime": runtime})  # fmt: skip
+        if "runtime" not in {f.name for f in dataclasses.fields(cfg)}:  # before the runtime section
+            training = {"num_workers": runtime["loader_workers"], "streaming": runtime["streaming"]}
+            cfg = base_config(root, tmp / "p2b", data={"image_size": [size, size], "channels": 3},
+                              training={"batch_size": 256, **training})  # fmt: skip
+        datamodule = factories().create_datamodule(cfg)
+        datamodule.setup("fit")
+        loader = datamodule.train_dataloader()
+        for _ in range(3):  # the first epoch starts the workers; the best of the others
+            start, seen = time.perf_counter(), 0
+            for _images, labels in loader:
+                seen += len(labels)
+            rates[name].append(seen / (time.perf_counter() - start))
+        del loader, datamodule
+    best = {name: max(r[1:]) for name, r in rates.items()}
+    return {
+        "images": count,
+        "shape": [3, size, size],
+        "images_per_s": best,
+        "ratio": best["streamed"] / best["in_memory"],
+    }
 
 
 # ---------------------------------------------------------------- P3: preprocess
@@ -379,13 +436,97 @@ def p3(root: Path, tmp: Path, log: Path, count: int = 1500, size: int = 256) -> 
     }
 
 
+def p3m(root: Path, tmp: Path, log: Path, count: int = 4000) -> dict:
+    """Peak RSS of preprocess in a fresh process with 2 workers, at three image sizes."""
+    out = {}
+    for size in (64, 128, 224):
+        raw = tmp / f"rss-{size}"
+        write_photos(raw, count, size)
+        cfg = base_config(
+            root, tmp / f"p3m-{size}", data={"image_size": [size, size], "channels": 3}
+        )
+        cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, raw=str(raw)))
+        if "runtime" in {f.name for f in dataclasses.fields(cfg)}:
+            cfg = dataclasses.replace(
+                cfg, runtime=dataclasses.replace(cfg.runtime, preprocess_workers=2)
+            )
+        cfg_file = tmp / f"p3m-{size}.json"
+        cfg_file.write_text(json.dumps(dataclasses.asdict(cfg)))
+        with log.open("a") as err:
+            result = subprocess.run(
+                [sys.executable, __file__, "--root", str(root), "--rssprobe", str(cfg_file)],
+                stdout=subprocess.PIPE, stderr=err, text=True, check=True,
+            )  # fmt: skip
+        out[str(size)] = json.loads(result.stdout.strip().splitlines()[-1])
+        shutil.rmtree(raw)
+    return out
+
+
+def write_photos(raw: Path, count: int, size: int, classes: int = 10) -> None:
+    """RGB PNGs at `size` with some texture (coarse noise, upscaled): quick to write and read."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = raw / str(i % classes)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((size, size)).save(folder / f"{i:06d}.png", compress_level=1)
+
+
+def rssprobe(cfg_file: Path) -> None:
+    """(subprocess) preprocess; print peak RSS of this process and its workers, in MB, as JSON."""
+    import psutil
+
+    from mlt_project.config import Config, _build
+    from mlt_project.data import preprocess as stage
+    from mlt_project.data import store
+
+    cfg = _build(Config, json.loads(cfg_file.read_text()), "", cfg_file)
+    image_bytes = int(np.prod(cfg.data.input_shape))
+    if hasattr(store, "rows_per_group"):
+        group_bytes = store.rows_per_group(cfg.data.input_shape) * image_bytes
+    else:
+        group_bytes = store.ROW_GROUP_SIZE * image_bytes
+    process = psutil.Process()
+    baseline = process.memory_info().rss  # the interpreter with the stage imported
+    peak = {"total": 0, "main": 0, "processes": 1}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            with contextlib.suppress(psutil.Error):
+                family = [process, *process.children(recursive=True)]
+                rss = [p.memory_info().rss for p in family]
+                peak["total"] = max(peak["total"], sum(rss))
+                peak["main"] = max(peak["main"], rss[0])
+                peak["processes"] = max(peak["processes"], len(family))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):  # the progress bar
+        stage.preprocess(cfg)
+    done.set()
+    sampler.join()
+    mb = 2**20
+    # Each worker starts as a copy of this interpreter: the baseline of the process family.
+    rise = peak["total"] - baseline * peak["processes"]
+    print(json.dumps({
+        "peak_total_mb": peak["total"] / mb, "peak_main_mb": peak["main"] / mb,
+        "baseline_mb": baseline / mb, "processes": peak["processes"],
+        "row_group_mb": group_bytes / mb, "rise_mb": rise / mb,
+        "main_rise_mb": (peak["main"] - baseline) / mb,
+        "rise_per_row_group": rise / group_bytes,
+    }))  # fmt: skip
+
+
 # ---------------------------------------------------------------- P4: inference latency
 
 
 def p4(root: Path, tmp: Path, log: Path) -> dict:
     import torch
 
-    from mlt_project.factories import create_model
+    create_model = factories().create_model
 
     cfg = base_config(root, tmp / "p4")
     model = create_model(cfg).eval()
@@ -523,6 +664,20 @@ def rows(results: dict) -> list[tuple[str, float | None, str]]:
                 f"(1.2k images: {r['rss_rise_mb']['small']:.0f} MB)",
             )
         )
+    if "P2b" in results:
+        r = results["P2b"]
+        rates = ", ".join(f"{k} {v:,.0f} img/s" for k, v in r["images_per_s"].items())
+        out.append(("P2b streamed/in-memory img/s", r["ratio"], rates))
+    if "P3m" in results:
+        r = results["P3m"]
+        detail = ", ".join(
+            f"{px}px {v['peak_total_mb']:.0f} MB ({v['processes']} proc, +{v['rise_mb']:.0f} MB, "
+            f"group {v['row_group_mb']:.0f} MB)"
+            for px, v in r.items()
+        )
+        out.append(("P3m RSS at 224 px (MB)", r["224"]["peak_total_mb"], detail))
+        worst = max(v["rise_per_row_group"] for v in r.values())
+        out.append(("P3m rise / row group", worst, "largest of 64/128/224 px"))
     if "P3" in results:
         r = results["P3"]
         rates = ", ".join(f"{n} worker(s) {v:,.0f} img/s" for n, v in r["images_per_s"].items())
@@ -559,10 +714,13 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=HERE.parent, help="checkout to measure")
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated (P5 runs P6)")
+    parser.add_argument(
+        "--only", default="P1,P2,P2b,P3,P3m,P4,P5", help="comma-separated (P5 runs P6)"
+    )
     parser.add_argument("--out", type=Path, default=HERE.parent / "bench-results" / "latest.json")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     parser.add_argument("--memprobe", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rssprobe", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.root.resolve() / "src_templates"))
     for name in ("lightning.pytorch", "lightning.fabric"):  # "GPU available: ..." per run
@@ -570,12 +728,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.memprobe:
         memprobe(args.memprobe)
         return 0
+    if args.rssprobe:
+        rssprobe(args.rssprobe)
+        return 0
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    benches = {"P1": p1, "P2": p2, "P3": p3, "P4": p4, "P5": p5_p6}
-    wanted = [b.strip().upper() for b in args.only.split(",")]
+    benches = {"P1": p1, "P2": p2, "P2b": p2b, "P3": p3, "P3m": p3m, "P4": p4, "P5": p5_p6}
+    names = {name.upper(): name for name in benches}
+    wanted = [names[b.strip().upper()] for b in args.only.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log = args.out.with_suffix(".log")
     log.write_text("")

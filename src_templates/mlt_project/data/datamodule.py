@@ -6,10 +6,12 @@ per DataLoader worker in memory, for data sets larger than RAM (`training.stream
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -21,6 +23,7 @@ from .resumable import ResumableLoader, SeededShuffle
 from .store import open_split, read_row_group, read_split, split_info, split_path
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 class TensorBatches(Dataset):
@@ -63,7 +66,9 @@ class ParquetBatches(IterableDataset):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.epoch = 0
+        # Set by the main process (StreamLoader) and read by DataLoader workers: shared memory,
+        # so that persistent workers, which keep their own copy of the dataset, see it too.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         parquet = open_split(path)
         self.shape, self.class_names = split_info(parquet, path)
         self.num_row_groups = parquet.num_row_groups
@@ -71,6 +76,13 @@ class ParquetBatches(IterableDataset):
         self.group_rows = [
             parquet.metadata.row_group(i).num_rows for i in range(self.num_row_groups)
         ]
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -90,21 +102,64 @@ class ParquetBatches(IterableDataset):
             else (0, 1)
         )
         worker = get_worker_info() or _OneWorker()
+        epoch = self.epoch
         groups = np.arange(self.num_row_groups)
         if self.shuffle:
             # The same permutation in every process, so their shares never overlap.
-            groups = np.random.default_rng((self.seed, self.epoch)).permutation(groups)
+            groups = np.random.default_rng((self.seed, epoch)).permutation(groups)
             groups = groups[: len(groups) - len(groups) % world]
-        rng = np.random.default_rng((self.seed, self.epoch, rank, worker.id))
-        # Counted in each worker's copy: with persistent_workers, each epoch gets a new order.
-        self.epoch += 1
-        parquet = open_split(self.path)
+        rng = np.random.default_rng((self.seed, epoch, rank, worker.id))
+        parquet = open_split(self.path)  # a reader per worker: never shared between threads
         for group in groups[rank::world][worker.id :: worker.num_workers]:
             images, labels = read_row_group(parquet, int(group), self.shape)
             order = rng.permutation(len(labels)) if self.shuffle else np.arange(len(labels))
             for start in range(0, len(order), self.batch_size):
                 index = order[start : start + self.batch_size]
                 yield torch.from_numpy(images[index]), torch.from_numpy(labels[index])
+
+
+class StreamLoader(DataLoader):
+    """The training loader over ParquetBatches: a new order each epoch, and an exact resume.
+
+    The epoch is counted here, in the main process, and handed to the dataset before its workers
+    start. Lightning saves `state_dict` in every checkpoint; a resumed epoch reads its batches in
+    the same order again and drops the ones the interrupted run had trained on.
+    """
+
+    dataset: ParquetBatches
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch = 0  # the epoch the next __iter__ reads
+        self._state = {"epoch": 0, "batches": 0}
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        skip = 0
+        if (resume := self._resume) is not None:
+            self._resume = None
+            finished = resume["batches"] >= len(self)
+            self.epoch = resume["epoch"] + finished
+            skip = 0 if finished else resume["batches"]
+        if skip:
+            log.info(
+                "resuming streamed epoch %d at batch %d: reading its row groups again in the "
+                "same order and skipping the batches already trained on",
+                self.epoch, skip,
+            )  # fmt: skip
+        self._state = {"epoch": self.epoch, "batches": skip}
+        self.dataset.set_epoch(self.epoch)
+        self.epoch += 1
+        for index, batch in enumerate(super().__iter__()):
+            if index >= skip:
+                self._state["batches"] += 1  # counted as handed out, not as prefetched
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._state)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)
 
 
 class _OneWorker:
@@ -198,9 +253,10 @@ class ImageDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         workers = self.num_workers
         if isinstance(dataset, ParquetBatches):
-            # The dataset yields whole batches. Evaluation reads in this process, so that
-            # predictions come in file order (workers would interleave their row groups).
-            batch_size, shuffle, workers = None, None, workers if shuffle else 0
+            # The dataset yields whole batches, row groups read in parallel by the workers.
+            # Evaluation reads in this process, so that predictions come in file order (workers
+            # would interleave their row groups).
+            batch_size, workers = None, workers if shuffle else 0
         options = {
             "batch_size": batch_size,
             "collate_fn": keep_batch,
@@ -211,6 +267,8 @@ class ImageDataModule(L.LightningDataModule):
             # global one would shift dropout's random numbers (a resumed run would differ).
             "generator": torch.Generator().manual_seed(self.seed),
         }
+        if isinstance(dataset, ParquetBatches):
+            return StreamLoader(dataset, **options) if shuffle else DataLoader(dataset, **options)
         if shuffle:
             # The order depends only on (seed, epoch), and the loader resumes mid-epoch.
             sampler = SeededShuffle(len(dataset), self.seed)

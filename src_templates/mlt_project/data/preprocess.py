@@ -9,7 +9,8 @@ on the file list and `data.seed`, so reruns give identical files.
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
+import itertools
 import logging
 import os
 import re
@@ -18,17 +19,21 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ..config import PARAMS_FILE, Config, DataConfig, load_config
 from ..errors import PipelineError, run_main
 from ..logs import setup_logger
-from .store import ROW_GROUP_SIZE, SPLITS, split_path, write_chunks
+from .store import SPLITS, rows_per_group, split_path, write_chunks
 
 IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
+ORIENTATION = 0x0112  # the EXIF tag
 SAMPLE_HINT = "run `python -m mlt_project.data.sample_data` for the sample digits"
+
+BLOCK = 64  # images per worker task: few, larger messages through the pipe
+IMAGES_PER_WORKER = 1000
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,11 @@ def find_images(raw_dir: Path) -> tuple[list[str], list[Path], np.ndarray]:
                 f"class folder {class_dir.name!r} is not a valid label: use up to 64 letters, digits, "
                 "spaces or '_.+-', starting with a letter or digit; rename the folder"
             )
-        images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(
+            p
+            for p in class_dir.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p.relative_to(class_dir))
+        )
         if not images:
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise PipelineError(
@@ -63,18 +72,26 @@ def find_images(raw_dir: Path) -> tuple[list[str], list[Path], np.ndarray]:
     return [d.name for d in class_dirs], files, np.array(labels, dtype=np.int64)
 
 
+def _hidden(relative: Path) -> bool:
+    # Dotfiles, macOS AppleDouble files (`._name.png`: metadata, not images) and hidden folders.
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def load_image(path: Path, data: DataConfig) -> np.ndarray:
     """Decode one image into (C, H, W) uint8, converted to data.channels and resized to data.image_size."""
     height, width = data.image_size
     try:
         with Image.open(path) as image:
+            if image.getexif().get(ORIENTATION, 1) != 1:  # a phone photo, stored sideways
+                image = ImageOps.exif_transpose(image)
             image = _to_8bit(image).convert("L" if data.channels == 1 else "RGB")
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise PipelineError(
-            f"cannot read image {path}: {error}; replace or remove the file"
+            f"cannot read image {path}: {error}; replace or remove the file, or set "
+            "data.skip_corrupt: true to skip unreadable images"
         ) from None
     return pixels[None] if data.channels == 1 else pixels.transpose(2, 0, 1)
 
@@ -89,64 +106,70 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_image_or_path(path: Path, data: DataConfig) -> np.ndarray | Path:
-    """load_image, or the path itself when the file cannot be read (data.skip_corrupt)."""
-    try:
-        return load_image(path, data)
-    except PipelineError:
-        return path
-
-
-def decoded(files: list[Path], data: DataConfig, workers: int) -> Iterator[np.ndarray | Path]:
-    """Decode `files` in order, in `workers` processes (1: in this one).
-
-    With data.skip_corrupt an unreadable file comes back as its path instead of pixels.
-    """
-    read = functools.partial(load_image_or_path if data.skip_corrupt else load_image, data=data)
-    if workers == 1:
-        yield from map(read, files)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        # A row group's worth at a time, so decoded images never pile up ahead of the writer;
-        # 64 images per task, so the pipe carries few, larger messages.
-        for start in range(0, len(files), ROW_GROUP_SIZE):
-            yield from pool.map(read, files[start : start + ROW_GROUP_SIZE], chunksize=64)
+def decode_block(files: list[Path], data: DataConfig) -> tuple[np.ndarray, list[Path]]:
+    """Decode files into one (n, C, H, W) array; with data.skip_corrupt, unreadable files are
+    left out and returned as paths."""
+    images = np.empty((len(files), *data.input_shape), dtype=np.uint8)
+    bad: list[Path] = []
+    kept = 0
+    for path in files:
+        try:
+            images[kept] = load_image(path, data)
+            kept += 1
+        except PipelineError:
+            if not data.skip_corrupt:
+                raise
+            bad.append(path)
+    return images[:kept], bad
 
 
 def row_groups(
-    images: Iterator[np.ndarray | Path],
+    files: list[Path],
     labels: np.ndarray,
-    shape: tuple[int, ...],
-    skipped: list[Path] | None = None,
+    data: DataConfig,
+    pool: ProcessPoolExecutor | None,
+    group_rows: int,
+    skipped: list[Path],
+    progress: tqdm,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Group decoded images into (images, labels) chunks of one Parquet row group each.
+    """Decode `files` into (images, labels) chunks of one Parquet row group each, in order.
 
-    Unreadable files (paths, from decoded with data.skip_corrupt) are left out and listed in
-    `skipped`.
+    In `pool`'s workers when there is one: each worker decodes blocks of BLOCK images and sends
+    back one array per block, and only one row group's blocks are in flight at a time, so memory
+    holds about two row groups (the one being written, the one being decoded).
     """
-    for start in range(0, len(labels), ROW_GROUP_SIZE):
-        chunk = labels[start : start + ROW_GROUP_SIZE]
-        batch = np.empty((len(chunk), *shape), dtype=np.uint8)
+    for start in range(0, len(files), group_rows):
+        chunk = files[start : start + group_rows]
+        blocks = [chunk[i : i + BLOCK] for i in range(0, len(chunk), BLOCK)]
+        if pool is None:
+            decoded = (decode_block(block, data) for block in blocks)
+        else:
+            decoded = pool.map(decode_block, blocks, itertools.repeat(data))
+        batch = np.empty((len(chunk), *data.input_shape), dtype=np.uint8)
         kept = np.ones(len(chunk), dtype=bool)
-        for i in range(len(chunk)):
-            image = next(images)
-            if isinstance(image, Path):
-                kept[i] = False
-                if skipped is not None:
-                    skipped.append(image)
-            else:
-                batch[i] = image
-        yield (batch, chunk) if kept.all() else (batch[kept], chunk[kept])
+        row = 0
+        for block, (images, bad) in zip(blocks, decoded, strict=True):
+            if bad:
+                skipped += bad
+                kept[row : row + len(block)] = [path not in bad for path in block]
+            batch[row : row + len(block)][kept[row : row + len(block)]] = images
+            row += len(block)
+            progress.update(len(block))
+        chunk_labels = labels[start : start + group_rows]
+        yield (batch, chunk_labels) if kept.all() else (batch[kept], chunk_labels[kept])
 
 
-def resolve_workers(workers: int | str) -> int:
-    """`auto` -> one process per CPU core this process may use."""
+def resolve_workers(workers: int | str, images: int) -> int:
+    """`auto` -> one process per core, but no more than one per IMAGES_PER_WORKER images."""
     if workers != "auto":
         return int(workers)
     cores = (
         os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     )
-    return max(1, len(cores))
+    # Starting a worker and sending its images back costs ~0.1-0.3 s, and one process decodes
+    # ~1,000 small images in less: a pool pays only with many images (none for the 1,797 digits;
+    # 16 workers for 3,000 images were slower than one).
+    return max(1, min(len(cores), images // IMAGES_PER_WORKER))
 
 
 def split_indices(labels: np.ndarray, data: DataConfig) -> dict[str, np.ndarray]:
@@ -185,17 +208,20 @@ def preprocess(cfg: Config) -> dict[str, int]:
     splits = split_indices(labels, cfg.data)
     out_dir = Path(cfg.paths.processed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Split by split, one row group at a time: memory holds one row group, not the data set.
-    order = np.concatenate(list(splits.values()))
-    images = decoded(
-        [files[i] for i in order], cfg.data, resolve_workers(cfg.runtime.preprocess_workers)
-    )
-    with tqdm(images, total=len(order), desc="preprocess", unit="img", mininterval=1.0) as bar:
-        stream = iter(bar)  # one iterator for all splits: the bar counts images done, rate, ETA
-        skipped: list[Path] = []
-        counts = {}
+    # Split by split, one row group at a time: memory holds a row group or two, not the data set.
+    workers = resolve_workers(cfg.runtime.preprocess_workers, len(files))
+    group_rows = rows_per_group(cfg.data.input_shape)
+    skipped: list[Path] = []
+    counts = {}
+    with (
+        ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool,
+        tqdm(total=len(files), desc="preprocess", unit="img", mininterval=1.0) as progress,
+    ):
         for split, indices in splits.items():
-            chunks = row_groups(stream, labels[indices], cfg.data.input_shape, skipped)
+            chunks = row_groups(
+                [files[i] for i in indices], labels[indices], cfg.data, pool, group_rows,
+                skipped, progress,
+            )  # fmt: skip
             path = split_path(out_dir, split)
             counts[split] = write_chunks(path, chunks, cfg.data.input_shape, class_names)
             if counts[split] == 0:

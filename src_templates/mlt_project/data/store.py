@@ -1,8 +1,9 @@
 """The processed-data format: one Parquet file per split.
 
-Each row is one image: `image` holds its uint8 pixels (C*H*W, as a fixed-size list) and `label`
-its class index. The file's metadata holds the image shape and the class names, so readers
-need nothing else.
+Each row is one image: `image` holds its uint8 pixels (C*H*W bytes, fixed-size binary) and
+`label` its class index. The file's metadata holds the format number, the image shape and the
+class names, so readers need nothing else. Row groups are sized in bytes, not rows, so memory
+per row group is the same whatever the image size.
 """
 
 from __future__ import annotations
@@ -21,11 +22,22 @@ from ..errors import PipelineError
 from ..files import atomic_output
 
 SPLITS = ("train", "val", "test")
-ROW_GROUP_SIZE = 4096
+# 2: pixels as fixed_size_binary (1: a fixed-size list of uint8, which decoded through per-value
+# offsets and took ~10x a row group of transient memory to write).
+FORMAT = 2
+# Bytes of pixels per row group: what a reader or writer holds at a time, per thread or worker.
+ROW_GROUP_BYTES = 32 * 2**20
+READ_THREADS = 4
+RERUN = "rerun `dvc repro -f preprocess`"
 
 
 def split_path(processed_dir: str | Path, split: str) -> Path:
     return Path(processed_dir) / f"{split}.parquet"
+
+
+def rows_per_group(shape: tuple[int, ...], row_group_bytes: int = ROW_GROUP_BYTES) -> int:
+    """Images per row group: as many as fit in `row_group_bytes`, at least one."""
+    return max(1, row_group_bytes // int(np.prod(shape)))
 
 
 def write_split(path: Path, images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> None:
@@ -38,44 +50,58 @@ def write_chunks(
     chunks: Iterable[tuple[np.ndarray, np.ndarray]],
     shape: tuple[int, ...],
     class_names: list[str],
+    row_group_bytes: int = ROW_GROUP_BYTES,
 ) -> int:
-    """Write (images, labels) chunks as they come, so only one chunk is in memory; return rows."""
-    metadata = {"image_shape": json.dumps(list(shape)), "class_names": json.dumps(class_names)}
+    """Write (images, labels) chunks as they come, so only one chunk is in memory; return rows.
+
+    A chunk becomes one row group or more (at most `row_group_bytes` of pixels each).
+    """
+    size = int(np.prod(shape))
+    metadata = {
+        "format": str(FORMAT),
+        "image_shape": json.dumps(list(shape)),
+        "class_names": json.dumps(class_names),
+    }
     schema = pa.schema(
-        [("image", pa.list_(pa.uint8(), int(np.prod(shape)))), ("label", pa.int64())],
+        [pa.field("image", pa.binary(size), nullable=False), pa.field("label", pa.int64())],
         metadata=metadata,
     )
     rows = 0
     with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for images, labels in chunks:
-            pixels = pa.array(images.reshape(-1), type=pa.uint8())
-            image_column = pa.FixedSizeListArray.from_arrays(pixels, int(np.prod(shape)))
+            pixels = np.ascontiguousarray(images, dtype=np.uint8)
+            # The pixels' own memory as the column's data buffer: no copy, no per-row objects.
+            image_column = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(size), len(labels), [None, pa.py_buffer(pixels)]
+            )
             label_column = pa.array(labels, type=pa.int64())
             table = pa.Table.from_arrays([image_column, label_column], schema=schema)
-            writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
+            writer.write_table(table, row_group_size=rows_per_group(shape, row_group_bytes))
             rows += len(labels)
     return rows
 
 
 def read_split(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a split into contiguous arrays: images (N, C, H, W) uint8, labels (N,) int64."""
-    parquet = open_split(path)
-    shape, class_names = split_info(parquet, path)
-    sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    with open_split(path) as parquet:
+        shape, class_names = split_info(parquet, path)
+        sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
     starts = np.cumsum([0, *sizes])
     images = np.empty((starts[-1], *shape), dtype=np.uint8)
     labels = np.empty(starts[-1], dtype=np.int64)
 
     def copy_group(group: int) -> None:
-        rows = slice(starts[group], starts[group + 1])
-        images[rows], labels[rows] = read_row_group(parquet, group, shape)
-        # Arrow's allocator keeps freed buffers for reuse, per thread; hand them back.
-        pa.default_memory_pool().release_unused()
+        # A reader of its own: a ParquetFile shared between threads crashes inside libparquet.
+        with pq.ParquetFile(path) as parquet:
+            rows = slice(starts[group], starts[group + 1])
+            images[rows], labels[rows] = read_row_group(parquet, group, shape)
 
     # Row groups decode in parallel (Arrow releases the GIL) straight into one preallocated
     # array: peak memory is the data plus a row group per thread, not two whole copies.
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max(1, min(READ_THREADS, os.cpu_count() or 1, len(sizes)))) as pool:
         list(pool.map(copy_group, range(len(sizes))))
+    # Arrow's allocator keeps freed buffers for reuse; hand them back, once all threads are done.
+    pa.default_memory_pool().release_unused()
     return images, labels, class_names
 
 
@@ -88,21 +114,37 @@ def open_split(path: Path) -> pq.ParquetFile:
 def split_info(parquet: pq.ParquetFile, path: Path) -> tuple[list[int], list[str]]:
     """The image shape (C, H, W) and class names stored in a split's metadata."""
     metadata = parquet.schema_arrow.metadata or {}
-    try:
-        return json.loads(metadata[b"image_shape"]), json.loads(metadata[b"class_names"])
-    except KeyError:
+    if b"image_shape" not in metadata or b"class_names" not in metadata:
+        raise PipelineError(f"{path} was not written by preprocess: {RERUN}")
+    found = int(metadata.get(b"format", b"1"))
+    if found != FORMAT:
         raise PipelineError(
-            f"{path} was not written by preprocess: rerun `dvc repro -f preprocess`"
-        ) from None
+            f"{path} is in processed-data format {found}, this code reads format {FORMAT}: {RERUN}"
+        )
+    return json.loads(metadata[b"image_shape"]), json.loads(metadata[b"class_names"])
 
 
 def read_row_group(
     parquet: pq.ParquetFile, group: int, shape: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One row group as images (n, C, H, W) uint8 and labels (n,) int64, no per-row objects."""
+    """One row group as images (n, C, H, W) uint8 and labels (n,) int64, no per-row objects.
+
+    The images may be a read-only view of Arrow's memory.
+    """
     # One thread: a streaming reader holds one row group, and Arrow's thread pool would keep
     # a memory arena per thread.
     table = parquet.read_row_group(group, columns=["image", "label"], use_threads=False)
-    pixels = table.column("image").combine_chunks().flatten().to_numpy()
     labels = table.column("label").to_numpy().astype(np.int64, copy=False)
-    return pixels.reshape(len(labels), *shape), labels
+    return pixels_of(table.column("image"), shape), labels
+
+
+def pixels_of(column: pa.ChunkedArray, shape: list[int]) -> np.ndarray:
+    """A fixed_size_binary column as (n, *shape) uint8: a view of its buffer where it is one chunk."""
+    size = int(np.prod(shape))
+    parts = [
+        # buffers()[1] is the data of the whole parent array; a slice starts `offset` rows in.
+        np.frombuffer(chunk.buffers()[1], np.uint8, len(chunk) * size, chunk.offset * size)
+        for chunk in column.chunks
+    ]
+    pixels = parts[0] if len(parts) == 1 else np.concatenate(parts or [np.empty(0, np.uint8)])
+    return pixels.reshape(len(pixels) // size, *shape)

@@ -1,5 +1,6 @@
 import dataclasses
 
+import pytest
 import torch
 
 from mlt_project.factories import create_datamodule
@@ -43,3 +44,49 @@ def test_streaming_yields_the_same_rows_as_in_memory(processed):
     assert rows(stream_train) == rows(memory_train)  # same rows, shuffled differently
     for (a_images, a_labels), (b_images, b_labels) in zip(memory_test, stream_test, strict=True):
         assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)  # same order
+
+
+def streamed(cfg, **runtime):
+    runtime = {"streaming": True, **runtime}
+    datamodule = create_datamodule(
+        dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, **runtime))
+    )
+    datamodule.setup("fit")
+    return datamodule.train_dataloader()
+
+
+def flat(batches):
+    return [label for labels in batches for label in labels]
+
+
+def labels_of(batches):
+    return [labels.tolist() for _, labels in batches]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_each_streamed_epoch_has_its_own_order_in_worker_processes(processed, persistent):
+    loader = streamed(processed, loader_workers=2, persistent_workers=persistent)
+    epochs = [labels_of(loader) for _ in range(3)]
+    assert sorted(flat(epochs[0])) == sorted(flat(epochs[1]))  # the same rows
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
+    # The order depends on the epoch alone, not on how the workers were started.
+    fresh = streamed(processed, loader_workers=2, persistent_workers=not persistent)
+    assert [labels_of(fresh) for _ in range(3)] == epochs
+
+
+def test_a_streamed_epoch_resumes_at_the_batch_it_stopped(processed):
+    loader = streamed(processed, loader_workers=2)
+    first = labels_of(loader)
+    iterator = iter(loader)
+    done = [next(iterator)[1].tolist()]  # epoch 1, interrupted after one batch
+    state = loader.state_dict()
+    rest = labels_of(iterator)
+    assert state == {"epoch": 1, "batches": 1}
+    resumed = streamed(processed, loader_workers=2)
+    resumed.load_state_dict(state)
+    assert labels_of(resumed) == rest  # the rest of epoch 1, and nothing else
+    assert labels_of(resumed) != first  # then epoch 2
+
+    finished = streamed(processed)
+    finished.load_state_dict({"epoch": 0, "batches": len(first)})  # saved at an epoch's end
+    assert [done[0], *rest] == labels_of(finished)  # epoch 1 from its start
