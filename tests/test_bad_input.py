@@ -99,7 +99,7 @@ def newer_format(checkpoint: dict) -> None:
 
 def other_shape(checkpoint: dict) -> None:
     # The hparams say 64 hidden units, the weights were trained with 128.
-    checkpoint["hyper_parameters"]["hidden_size"] = 64
+    checkpoint["hyper_parameters"]["network"]["options"]["hidden_size"] = 64
 
 
 def no_setup(project: Path) -> None:
@@ -119,7 +119,10 @@ CASES = [
     Case("params missing", "train", remove("params.yaml"), "params.yaml not found"),
     Case("params unparsable", "train", edit_params("model:\n", "model: [\n"), "is not valid YAML at line"),
     Case("unknown key", "train", edit_params("  lr:", "  learning_rate:"), "unknown key 'training.learning_rate'"),
-    Case("missing key", "train", edit_params("  dropout: 0.1\n", ""), "missing key 'model.dropout'"),
+    Case("missing key", "train", edit_params("    hidden_size: 128\n", ""), "missing key 'model.mlp.hidden_size'"),
+    Case("network option typo", "train", edit_params("    hidden_size:", "    hiden_size:"), "unknown key 'model.mlp.hiden_size'"),
+    Case("unknown network", "train", edit_params("  name: mlp", "  name: resnet_18"), "did you mean resnet18"),
+    Case("pretrained weights for an own network", "train", edit_params("  pretrained: none", "  pretrained: DEFAULT"), "mlp is defined in model/nets.py and has no published weights"),
     Case("wrong type", "train", edit_params("  max_epochs: 30", "  max_epochs: '30'"), "key 'training.max_epochs' is '30' (str), expected an integer"),
     Case("invalid value", "data.preprocess", edit_params("  channels: 1 ", "  channels: 2 "), "channels must be 1 (grayscale) or 3 (RGB)"),
     Case("raw missing", "data.preprocess", remove("data/raw"), "sample_data"),
@@ -138,8 +141,8 @@ CASES = [
     Case("batch larger than data", "train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
     Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
     Case("disk full: metrics", "eval", disk_full("evaluation_results.json"), "no space left on the device while writing evaluation_results.json"),
-    Case("checkpoint from a newer template", "eval", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 1)"),
-    Case("checkpoint of another shape", "eval", edit_checkpoint(other_shape), "does not fit the model in model/model.py (size mismatch for net.1.weight"),
+    Case("checkpoint from a newer template", "eval", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 2)"),
+    Case("checkpoint of another shape", "eval", edit_checkpoint(other_shape), "does not fit the mlp network as the code builds it now (size mismatch for net.body.layers.1.weight"),
     Case("release: bad version", "scripts.release", no_setup, "release version 'v 1' is not usable", ("export-onnx", "--version", "v 1")),
     Case("release: not evaluated", "scripts.release", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`", ("export-onnx",)),
     Case("predict: no released model", "predict", no_setup, "releases/model_info.json not found", ("data/raw/3",)),

@@ -10,13 +10,15 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from .errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "onecycle")
 
 
 class ConfigError(PipelineError):
@@ -71,14 +73,24 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden_size: int
-    dropout: float
+    name: str  # a network of model/nets.py (mlp, cnn) or a torchvision classification model
+    pretrained: str  # torchvision weights (DEFAULT, IMAGENET1K_V1, ...) or none
+    weights_file: str | None  # a local state_dict to start from (machines without internet)
+    freeze_backbone_epochs: int  # train only the new classifier head for this many epochs
+    # The other keys of `model:` are sections of network options, `mlp:`, `cnn:`, ...: the
+    # chosen network's section is checked against its __init__ when the network is built.
+    networks: dict[str, dict[str, Any]]
+    EXTRA_SECTIONS: ClassVar[str] = "networks"
 
     def __post_init__(self) -> None:
-        if self.hidden_size < 1:
-            raise ValueError("hidden_size must be at least 1")
-        if not 0 <= self.dropout < 1:
-            raise ValueError("dropout must be in [0, 1)")
+        if not self.name.strip():
+            raise ValueError("name must name a network, e.g. mlp, cnn or resnet18")
+        if self.freeze_backbone_epochs < 0:
+            raise ValueError("freeze_backbone_epochs must be 0 or more")
+        if self.freeze_backbone_epochs and self.pretrained == "none" and not self.weights_file:
+            raise ValueError(
+                "freeze_backbone_epochs needs a pretrained backbone: set pretrained or weights_file"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,11 @@ class TrainingConfig:
     batch_size: int
     lr: float
     max_epochs: int
-    num_workers: int
+    optimizer: str  # adamw | sgd (with Nesterov momentum)
+    momentum: float  # sgd only
+    weight_decay: float
+    scheduler: str  # none | cosine | onecycle; the learning rate is logged to TensorBoard
+    warmup_epochs: float  # linear warm-up from 0 to lr over this many epochs (may be fractional)
     accelerator: str  # auto | cpu | gpu | cuda | mps
     devices: int | str  # a count per machine, or "auto"
     num_nodes: int  # machines; more than 1 only in a multi-node AWS Batch job
@@ -99,12 +115,40 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError("momentum must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError("weight_decay must be 0 or more")
+        if not 0 <= self.warmup_epochs < self.max_epochs:
+            raise ValueError("warmup_epochs must be 0 or more, and below max_epochs")
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ValueError('devices must be a number or "auto"')
         if isinstance(self.devices, int) and self.devices < 1:
             raise ValueError('devices must be at least 1, or "auto"')
         if self.num_nodes < 1:
             raise ValueError("num_nodes must be at least 1")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes to training batches (on the device); off by default, so runs reproduce."""
+
+    crop_scale: list[float]  # random resized crop: range of the area kept; [1.0, 1.0] = off
+    horizontal_flip: bool  # flip half of the images left-right
+    rotation: float  # rotate by up to this many degrees either way
+    color_jitter: float  # scale brightness, contrast and saturation by up to +-this fraction
+
+    def __post_init__(self) -> None:
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
+        if not 0 <= self.rotation <= 180:
+            raise ValueError("rotation must be between 0 and 180 degrees")
+        if not 0 <= self.color_jitter < 1:
+            raise ValueError("color_jitter must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -164,6 +208,7 @@ class Config:
     data: DataConfig
     model: ModelConfig
     training: TrainingConfig
+    augment: AugmentConfig
     runtime: RuntimeConfig
     evaluation: EvaluationConfig
     release: ReleaseConfig
@@ -191,8 +236,13 @@ def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: {what} must be a mapping of keys to values")
     hints = typing.get_type_hints(cls)
-    expected = [f.name for f in fields(cls)]
+    extra = getattr(cls, "EXTRA_SECTIONS", None)
+    expected = [f.name for f in fields(cls) if f.name != extra]
     unknown = sorted(set(raw) - set(expected))
+    sections = {}
+    if extra:  # keys holding a mapping (or nothing) are sections of their own, checked later
+        sections = {key: raw[key] or {} for key in unknown if isinstance(raw[key], dict | None)}
+        unknown = [key for key in unknown if key not in sections]
     if unknown:
         raise ConfigError(
             f"{path}: unknown key '{prefix}{unknown[0]}'; expected one of {', '.join(expected)}"
@@ -200,7 +250,7 @@ def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
     missing = [name for name in expected if name not in raw]
     if missing:
         raise ConfigError(f"{path}: missing key '{prefix}{missing[0]}'; add it (see the README)")
-    values = {}
+    values: dict[str, Any] = {extra: sections} if extra else {}
     for name in expected:
         hint, value = hints[name], raw[name]
         if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
@@ -219,6 +269,8 @@ def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
 
 
 def _matches(value: Any, hint: Any) -> bool:
+    if hint is type(None):
+        return value is None
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -239,4 +291,5 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(option) for option in typing.get_args(hint))
     if typing.get_origin(hint) is list:
         return f"a list of {_describe(typing.get_args(hint)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[hint]
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint, "null")

@@ -20,8 +20,8 @@ from torchmetrics.functional.classification import (
 
 from .config import PARAMS_FILE, Config, load_config
 from .errors import run_main
-from .files import atomic_output
 from .factories import create_datamodule, create_trainer, load_model
+from .files import atomic_output
 from .logs import setup_logger
 
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .config import Config
 from .data.datamodule import ImageDataModule
 from .distributed import require_rendezvous
 from .errors import PipelineError
-from .model import ImageClassifier
+from .model import ImageClassifier, build_network, network_spec
+from .model.network import check_sections
 from .resume import read_checkpoint
 
 # Batches come from in-memory tensors, so worker processes would only add start-up time.
@@ -42,35 +44,44 @@ def create_datamodule(cfg: Config) -> ImageDataModule:
 
 
 def create_model(cfg: Config) -> ImageClassifier:
+    """A new model: the network `model.name` names, with its pretrained weights if asked for."""
+    check_sections(cfg.model)
+    spec = network_spec(cfg.model, cfg.data.input_shape, cfg.data.num_classes)
+    net = build_network(spec, cfg.model.pretrained, cfg.model.weights_file)
+    training = cfg.training
     return ImageClassifier(
-        input_shape=cfg.data.input_shape,
-        num_classes=cfg.data.num_classes,
-        hidden_size=cfg.model.hidden_size,
-        dropout=cfg.model.dropout,
-        lr=cfg.training.lr,
+        net=net,
+        network=spec,
+        optimizer={
+            "name": training.optimizer,
+            "lr": training.lr,
+            "momentum": training.momentum,
+            "weight_decay": training.weight_decay,
+            "scheduler": training.scheduler,
+            "warmup_epochs": training.warmup_epochs,
+        },
+        augment=dataclasses.asdict(cfg.augment),
+        freeze_backbone_epochs=cfg.model.freeze_backbone_epochs,
     )
 
 
 def load_model(cfg: Config, checkpoint: str | Path | None = None) -> ImageClassifier:
-    """Load a trained model; fail if its input shape or classes no longer match params.yaml."""
+    """The trained model, whichever network it was trained with; fail if its input shape or
+    classes no longer match params.yaml."""
     path = Path(checkpoint or cfg.paths.model)
     if not path.is_file():
         raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
-    read_checkpoint(path)  # a clear error for a file that is no checkpoint, or a too new one
-    try:
-        model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
-    except (RuntimeError, TypeError) as error:
-        # A state_dict that does not fit the model class (its code or its hparams changed).
-        detail = next(
-            (line.strip() for line in str(error).splitlines() if "size mismatch" in line),
-            str(error).strip().splitlines()[-1],
-        )
+    saved = read_checkpoint(
+        path
+    )  # a clear error for a file that is no checkpoint, or a too new one
+    hparams = dict(saved.get("hyper_parameters", {}))
+    spec = hparams.get("network")
+    if spec is None:
         raise PipelineError(
-            f"{path} does not fit the model in model/model.py ({detail}): retrain with "
-            "`dvc repro`, or restore the model code it was trained with"
-        ) from None
-    # hparams come back from the checkpoint as lists or tuples, depending on how it was saved.
-    trained = (tuple(model.hparams["input_shape"]), model.hparams["num_classes"])
+            f"{path} was written by an older template and does not say which network it holds: "
+            "retrain with `dvc repro`"
+        )
+    trained = (tuple(spec["input_shape"]), spec["num_classes"])
     expected = (cfg.data.input_shape, cfg.data.num_classes)
     for key, was, now in zip(("input_shape", "num_classes"), trained, expected, strict=True):
         if was != now:
@@ -78,7 +89,27 @@ def load_model(cfg: Config, checkpoint: str | Path | None = None) -> ImageClassi
                 f"{path} was trained with {key} {was} but params.yaml gives {now}: "
                 "retrain with `dvc repro` or restore the params it was trained with"
             )
-    return model
+    # The architecture from the checkpoint's spec, its weights from the checkpoint: never a
+    # download, whatever model.pretrained says.
+    model = ImageClassifier(net=build_network(spec), **hparams)
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as error:
+        # A state_dict that does not fit the network (its code changed since training).
+        detail = next(
+            (line.strip() for line in str(error).splitlines() if "size mismatch" in line),
+            str(error).strip().splitlines()[-1],
+        )
+        raise PipelineError(
+            f"{path} does not fit the {spec['name']} network as the code builds it now "
+            f"({detail}): retrain with `dvc repro`, or restore the model code it was trained with"
+        ) from None
+    return model.eval()
+
+
+def load_network(cfg: Config, checkpoint: str | Path | None = None) -> torch.nn.Module:
+    """The trained network alone (pixels in, logits out), for export and inference."""
+    return load_model(cfg, checkpoint).net.eval()
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -101,7 +132,8 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
         "logger": TensorBoardLogger(cfg.paths.logs, name="") if logger else False,
         "enable_checkpointing": False,  # train.py writes the one checkpoint DVC tracks
         "log_every_n_steps": LOG_EVERY_N_STEPS,
-        "callbacks": [TQDMProgressBar(refresh_rate=LOG_EVERY_N_STEPS)],
+        "callbacks": [TQDMProgressBar(refresh_rate=LOG_EVERY_N_STEPS)]
+        + ([LearningRateMonitor(logging_interval="step")] if logger else []),
         "enable_model_summary": logger,
     }
     options.update(overrides)
@@ -109,5 +141,7 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
     if num_nodes > 1 or (isinstance(devices, int) and devices > 1):
         require_rendezvous(num_nodes)
         # One process per device and node; DDP talks over NCCL on GPUs and gloo on the CPU.
-        options.setdefault("strategy", "ddp")
+        # A frozen backbone leaves parameters without gradients, which DDP must be told about.
+        frozen = cfg.model.freeze_backbone_epochs > 0
+        options.setdefault("strategy", "ddp_find_unused_parameters_true" if frozen else "ddp")
     return L.Trainer(**options)

@@ -32,9 +32,22 @@ from .errors import Interrupted, PipelineError
 from .files import atomic_output, sha256_file
 
 # Bump when a checkpoint's contents change incompatibly; readers refuse a newer format.
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the network's spec in hyper_parameters['network']
 FORMAT_KEY = "ml_template"  # not the module name: bootstrap would rename it
 RESUME_FILE = "last.ckpt"
+# The code that decides what training computes, relative to the package: the train stage in
+# dvc.yaml lists the same files (a test keeps the two in step), so DVC retrains exactly when a
+# resume checkpoint stops fitting.
+TRAINING_CODE = (
+    "config.py",
+    "data/datamodule.py",
+    "data/resumable.py",
+    "data/store.py",
+    "factories.py",
+    "model",
+    "resume.py",
+    "train.py",
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +59,22 @@ def resume_file(cfg: Config) -> Path:
 def run_fingerprint(cfg: Config) -> str:
     """SHA-256 of what decides the training run: params, processed data and code."""
     package = Path(__file__).resolve().parent
+    code = sorted(
+        path
+        for entry in TRAINING_CODE
+        for path in ([package / entry] if entry.endswith(".py") else (package / entry).rglob("*.py"))
+    )
     identity = {
         "format": CHECKPOINT_FORMAT,
         "model": dataclasses.asdict(cfg.model),
         "training": dataclasses.asdict(cfg.training),
+        "augment": dataclasses.asdict(cfg.augment),
         "input_shape": list(cfg.data.input_shape),
         "num_classes": cfg.data.num_classes,
         "data": {split: sha256_file(split_path(cfg.paths.processed, split)) for split in SPLITS},
         "code": {
             path.relative_to(package).as_posix(): sha256_file(path)
-            for path in sorted(package.rglob("*.py"))
+            for path in code
         },
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

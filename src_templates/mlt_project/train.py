@@ -17,9 +17,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .config import PARAMS_FILE, Config, load_config
 from .errors import Interrupted, PipelineError, run_main
-from .resume import ResumeCheckpoint, find_resume, resume_file, run_fingerprint, save_checkpoint
 from .factories import create_datamodule, create_model, create_trainer
 from .logs import setup_logger
+from .resume import ResumeCheckpoint, find_resume, resume_file, run_fingerprint, save_checkpoint
 
 
 def train(cfg: Config) -> dict[str, float]:
@@ -37,11 +37,14 @@ def train(cfg: Config) -> dict[str, float]:
     try:
         datamodule = create_datamodule(cfg)
         model = create_model(cfg)
+        if cfg.runtime.compile:
+            # The network only, in place: its state_dict keys stay as they are, and Lightning's
+            # logging and the metrics (which would recompile on every new value) stay eager.
+            model.net.compile()
         trainer = create_trainer(cfg)
         trainer.callbacks.append(resume)
-        # Lightning fits the compiled module and saves the plain one's weights in the checkpoint.
         trainer.fit(
-            torch.compile(model) if cfg.runtime.compile else model,
+            model,
             datamodule=datamodule,
             # Every process loads the checkpoint itself: the nodes of a multi-node job each have
             # a disk of their own, so only a single machine resumes.

@@ -187,7 +187,9 @@ def preprocess(cfg: Config) -> dict[str, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
     # Split by split, one row group at a time: memory holds one row group, not the data set.
     order = np.concatenate(list(splits.values()))
-    images = decoded([files[i] for i in order], cfg.data, resolve_workers(cfg.runtime.preprocess_workers))
+    images = decoded(
+        [files[i] for i in order], cfg.data, resolve_workers(cfg.runtime.preprocess_workers)
+    )
     with tqdm(images, total=len(order), desc="preprocess", unit="img", mininterval=1.0) as bar:
         stream = iter(bar)  # one iterator for all splits: the bar counts images done, rate, ETA
         skipped: list[Path] = []

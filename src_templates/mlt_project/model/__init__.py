@@ -1,3 +1,4 @@
-from .model import ImageClassifier
+from .classifier import ImageClassifier
+from .network import Network, build_network, network_spec
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "Network", "build_network", "network_spec"]

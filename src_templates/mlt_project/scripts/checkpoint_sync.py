@@ -20,8 +20,8 @@ from ..config import PARAMS_FILE, Config, load_config
 from ..env import load_env
 from ..errors import PipelineError, run_main
 from ..files import atomic_output, sha256_file
-from ..resume import RESUME_FILE, resume_file
 from ..logs import setup_logger
+from ..resume import RESUME_FILE, resume_file
 from .s3 import object_exists, put_file, s3_client, s3_errors
 
 SETTING = "CHECKPOINT_S3_URI"

@@ -23,9 +23,7 @@ def test_streaming_yields_the_same_rows_as_in_memory(processed):
     batches = {}
     for streaming in (False, True):
         datamodule = create_datamodule(
-            dataclasses.replace(
-                cfg, runtime=dataclasses.replace(cfg.runtime, streaming=streaming)
-            )
+            dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, streaming=streaming))
         )
         datamodule.setup("fit")
         train = list(datamodule.train_dataloader())

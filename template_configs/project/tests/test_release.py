@@ -3,8 +3,8 @@ import torch
 
 from mlt_project.data.store import read_split, split_path
 from mlt_project.errors import PipelineError
-from mlt_project.onnx_export import check_parity, export_onnx
 from mlt_project.factories import create_model
+from mlt_project.onnx_export import check_parity, export_onnx
 
 
 def test_onnx_export_matches_pytorch_and_the_gate_catches_a_changed_model(processed, tmp_path):

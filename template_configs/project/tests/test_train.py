@@ -2,8 +2,8 @@ import json
 from pathlib import Path
 
 from mlt_project.eval import evaluate
-from mlt_project.train import train
 from mlt_project.factories import create_datamodule, create_model, create_trainer
+from mlt_project.train import train
 
 
 def test_fast_dev_run(processed):

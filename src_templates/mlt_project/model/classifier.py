@@ -1,0 +1,133 @@
+"""The LightningModule: loss, metrics, optimizer, schedule and augmentation around a network.
+
+The network itself is built by model/network.py and passed in; the hyperparameters keep its spec,
+so `factories.load_model` rebuilds whichever network a checkpoint was trained with.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from .augment import BatchAugment
+from .network import Network, NetworkSpec
+
+
+class ImageClassifier(L.LightningModule):
+    """Takes images as stored by preprocess: (N, C, H, W) pixel values in 0..255, any dtype."""
+
+    def __init__(
+        self,
+        net: Network,
+        network: NetworkSpec,
+        optimizer: dict[str, Any],
+        augment: dict[str, Any] | None = None,
+        freeze_backbone_epochs: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.augment = BatchAugment(**(augment or {}))
+        num_classes = network["num_classes"]
+        # No input checks in the training hot path: they cost a host sync per step on a GPU.
+        self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def on_train_epoch_start(self) -> None:
+        # From the epoch count, so a resumed run freezes exactly as the interrupted one did.
+        if self.hparams.freeze_backbone_epochs:
+            self.net.set_backbone_trainable(
+                self.current_epoch >= self.hparams.freeze_backbone_epochs
+            )
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        images, labels = batch
+        # Augmented here, on the device the batch is on: training batches only. (Not in
+        # on_after_batch_transfer: Lightning warns on every run when a DataModule is passed too.)
+        logits = self(self.augment(images))
+        loss = F.cross_entropy(logits, labels)
+        # The hot path: every call to self.log, metric forward and host sync here costs each
+        # step more than a small network's whole forward pass. So accuracy only accumulates (on
+        # the device) and is logged per epoch; the loss is logged on the steps the logger
+        # writes anyway (every log_every_n_steps) and shows in the progress bar.
+        self.train_acc.update(logits, labels)
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:
+            self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.val_acc(logits, labels)
+        # sync_dist: under DDP the epoch value averages every process's share of the val set.
+        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        return self(batch[0]).float()
+
+    def configure_optimizers(self) -> Any:
+        settings = self.hparams.optimizer
+        optimizer = make_optimizer(self.net.parameters(), settings)
+        total = self.trainer.estimated_stepping_batches
+        warmup = round(settings["warmup_epochs"] * total / max(self.trainer.max_epochs or 1, 1))
+        scheduler = make_scheduler(optimizer, settings, total, warmup)
+        if scheduler is None:
+            return optimizer
+        # Stepped every batch: warm-up and decay are smooth whatever the epoch length.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def make_optimizer(parameters: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW, or SGD with (Nesterov) momentum, from the `training` params."""
+    lr, weight_decay = settings["lr"], settings["weight_decay"]
+    if settings["name"] == "sgd":
+        momentum = settings["momentum"]
+        return torch.optim.SGD(
+            parameters, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay
+        )
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, settings: dict[str, Any], total: int, warmup: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """none | cosine | onecycle, each after `warmup` steps of linear warm-up."""
+    kind = settings["scheduler"]
+    if kind == "onecycle":
+        # OneCycle warms up by itself: its first phase is the warm-up (30% when none is set).
+        start = warmup / total if warmup else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings["lr"], total_steps=total, pct_start=min(start, 0.99)
+        )
+    if kind == "none" and not warmup:
+        return None
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "none":
+            return 1.0
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

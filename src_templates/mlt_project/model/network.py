@@ -1,0 +1,284 @@
+"""Build the network `model.name` names: one of nets.py, or any torchvision classification model.
+
+The result is a `Network`: uint8 pixels (N, C, H, W) in 0..255 in, logits out. Scaling, the
+pretrained weights' mean/std normalisation and the grayscale-to-RGB repeat live inside it, so the
+exported ONNX graph takes the same uint8 pixels that preprocess writes and predict reads.
+
+A checkpoint stores the network's *spec* (`network_spec`: name, options, input shape, classes);
+`build_network(spec)` rebuilds the same architecture and the checkpoint's weights go into it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, ModelConfig
+from ..errors import PipelineError
+from .nets import NETWORKS
+
+NetworkSpec = dict[str, Any]  # name, options, input_shape, num_classes: JSON-able, in hparams
+
+# ImageNet's channel statistics: every torchvision classification model's weights expect them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Network(nn.Module):
+    """A classifier `body` behind the input handling every network shares."""
+
+    def __init__(
+        self,
+        body: nn.Module,
+        head: str,
+        in_channels: int,
+        body_channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head  # the classifier layer's name in `body`: it stays trainable when frozen
+        self.repeat = body_channels // in_channels  # 3 when grayscale images meet an RGB network
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0
+        if self.repeat > 1:
+            x = x.expand(-1, self.repeat, -1, -1)
+        out = self.body((x - self.mean) / self.std)
+        # Inception and GoogLeNet return (logits, aux logits) in training mode.
+        return out.logits if hasattr(out, "logits") else out
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze (or unfreeze) every parameter but the classifier head's."""
+        for name, parameter in self.body.named_parameters():
+            parameter.requires_grad = trainable or name.startswith(f"{self.head}.")
+
+
+def check_sections(model: ModelConfig) -> None:
+    """Every `model.<name>:` section names a network: a typo is an error, not ignored options."""
+    unknown = [name for name in model.networks if name not in NETWORKS]
+    if not unknown:
+        return
+    from torchvision import models  # only when a section may be a torchvision model's
+
+    available = models.list_models(module=models)
+    for name in unknown:
+        if name not in available:
+            close = difflib.get_close_matches(name, [*NETWORKS, *available], n=3, cutoff=0.5)
+            hint = f": did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown key 'model.{name}': no network has that name{hint}")
+
+
+def network_spec(model: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> NetworkSpec:
+    return {
+        "name": model.name,
+        "options": dict(model.networks.get(model.name) or {}),
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+    }
+
+
+def build_network(
+    spec: NetworkSpec, pretrained: str = "none", weights_file: str | None = None
+) -> Network:
+    """The network of `spec`, from pretrained weights or a weights file if given, else random."""
+    name, options = spec["name"], spec["options"]
+    input_shape, num_classes = tuple(spec["input_shape"]), spec["num_classes"]
+    if name in NETWORKS:
+        if pretrained != "none":
+            raise ConfigError(
+                f"model.pretrained is {pretrained!r} but {name} is defined in model/nets.py and "
+                "has no published weights: set model.pretrained: none (or use model.weights_file)"
+            )
+        cls = NETWORKS[name]
+        check_options(name, options, cls)
+        body = cls(input_shape, num_classes, **options)
+        if weights_file:
+            load_weights_file(body, weights_file, name)
+        head = classifier_name(body, num_classes)
+        zeros = (0.0,) * input_shape[0]
+        return Network(body, head, input_shape[0], input_shape[0], zeros, (1.0,) * input_shape[0])
+    body, head = torchvision_body(name, options, input_shape, num_classes, pretrained, weights_file)
+    return Network(body, head, input_shape[0], 3, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def torchvision_body(
+    name: str,
+    options: dict[str, Any],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    pretrained: str,
+    weights_file: str | None,
+) -> tuple[nn.Module, str]:
+    """A torchvision classification model with its head replaced for `num_classes`."""
+    # Imported here: the networks of nets.py, and every stage but training, do without it.
+    from torchvision import models
+
+    available = models.list_models(module=models)  # classification models only
+    if name not in available:
+        close = difflib.get_close_matches(name, [*NETWORKS, *available], n=3, cutoff=0.5)
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else "see `torchvision.models.list_models()`"
+        )
+        raise ConfigError(
+            f"model.name {name!r} is neither a network of model/nets.py ({', '.join(NETWORKS)}) "
+            f"nor a torchvision classification model: {hint}"
+        )
+    weights = pick_weights(models, name, pretrained)
+    min_size = (
+        weights.meta.get("min_size")
+        if weights
+        else models.get_model_weights(name).DEFAULT.meta.get("min_size")
+    )
+    if min_size and (input_shape[1] < min_size[0] or input_shape[2] < min_size[1]):
+        raise ConfigError(
+            f"{name} needs images of at least {min_size[0]}x{min_size[1]} but data.image_size is "
+            f"{list(input_shape[1:])}: raise data.image_size, or pick a network for small images"
+        )
+    try:
+        body = models.get_model(name, weights=None, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model.{name} options {options} are not accepted: {error}") from None
+    if weights is not None:
+        body.load_state_dict(download_weights(weights, name, pretrained))
+    elif weights_file:
+        load_weights_file(body, weights_file, name)
+    classes_now = len(weights.meta["categories"]) if weights else 1000
+    head = classifier_name(body, classes_now)
+    replace_head(body, head, num_classes)
+    size = getattr(body, "image_size", None)  # ViTs take exactly the size they were built for
+    if isinstance(size, int) and tuple(input_shape[1:]) != (size, size):
+        raise ConfigError(
+            f"{name} takes {size}x{size} images but data.image_size is {list(input_shape[1:])}: "
+            f"set data.image_size: [{size}, {size}]"
+        )
+    return body, head
+
+
+def pick_weights(models: Any, name: str, pretrained: str) -> Any:
+    """The torchvision weights enum member `pretrained` names (DEFAULT, IMAGENET1K_V1, ...)."""
+    if pretrained == "none":
+        return None
+    enum = models.get_model_weights(name)
+    if pretrained == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[pretrained]
+    except KeyError:
+        names = ", ".join(["DEFAULT", *(member.name for member in enum)])
+        raise ConfigError(
+            f"model.pretrained {pretrained!r} is not a weights name of {name}: use one of {names}, "
+            "or none"
+        ) from None
+
+
+def download_weights(weights: Any, name: str, pretrained: str) -> dict[str, torch.Tensor]:
+    """The weights' state_dict from torch's cache, downloaded into it the first time."""
+    try:
+        return weights.get_state_dict(progress=False)
+    except (URLError, ConnectionError, TimeoutError) as error:
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        file_name = Path(urlparse(weights.url).path).name
+        raise PipelineError(
+            f"cannot download the {name} {pretrained} weights ({getattr(error, 'reason', error)}): "
+            f"on a machine with internet get {weights.url} and place it at {cache / file_name} "
+            "(or point model.weights_file at it)"
+        ) from None
+
+
+def load_weights_file(body: nn.Module, path: str, name: str) -> None:
+    """Load a state_dict saved with torch.save into `body` (the network before its new head)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"model.weights_file {path} not found: fix the path, or set it to null")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure means the same to a user
+        raise PipelineError(
+            f"model.weights_file {path} is not a readable state_dict ({type(error).__name__}): "
+            "save one with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state:  # a whole checkpoint
+        state = state["state_dict"]
+    try:
+        body.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()
+        raise PipelineError(
+            f"model.weights_file {path} does not fit {name} ({first[-1] if first else error}): "
+            f"use the state_dict of a {name}"
+        ) from None
+
+
+def classifier_name(body: nn.Module, num_classes: int) -> str:
+    """The name of the last layer that outputs `num_classes` values: the classifier head."""
+    found = [
+        name
+        for name, module in body.named_modules()
+        if (isinstance(module, nn.Linear) and module.out_features == num_classes)
+        or (isinstance(module, nn.Conv2d) and module.out_channels == num_classes)
+    ]
+    if not found:
+        raise PipelineError(
+            f"cannot find the classifier layer of {type(body).__name__}: its last Linear (or 1x1 "
+            f"Conv2d) layer must output num_classes ({num_classes}) values"
+        )
+    return found[-1]
+
+
+def replace_head(body: nn.Module, head: str, num_classes: int) -> None:
+    """Swap the classifier layer `head` for a new one with `num_classes` outputs."""
+    parent_name, _, attribute = head.rpartition(".")
+    parent = body.get_submodule(parent_name) if parent_name else body
+    old = getattr(parent, attribute)
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes)
+    else:  # SqueezeNet's classifier is a 1x1 convolution
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride)
+    setattr(parent, attribute, new)
+
+
+def check_options(name: str, options: dict[str, Any], cls: type[nn.Module]) -> None:
+    """Check `model.<name>:` against the network's __init__: unknown, missing, mistyped keys."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[
+        3:
+    ]  # self, shape, classes
+    hints = typing.get_type_hints(cls.__init__)
+    known = {p.name: p for p in parameters}
+    for key in options:
+        if key not in known:
+            raise ConfigError(
+                f"unknown key 'model.{name}.{key}'; {name} takes {', '.join(known) or 'no options'}"
+            )
+    for parameter in parameters:
+        if parameter.name not in options:
+            if parameter.default is inspect.Parameter.empty:
+                raise ConfigError(f"missing key 'model.{name}.{parameter.name}'; add it")
+            continue
+        value, hint = options[parameter.name], hints.get(parameter.name)
+        if hint in (int, float, bool, str) and not _is(value, hint):
+            raise ConfigError(
+                f"key 'model.{name}.{parameter.name}' is {value!r} ({type(value).__name__}), "
+                f"expected {hint.__name__}"
+            )
+
+
+def _is(value: Any, hint: type) -> bool:
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
