@@ -113,7 +113,7 @@ def parquet_batches(source: Path, input_shape: tuple[int, ...], batch_size: int)
         images, _ = read_row_group(parquet, group, shape)
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            yield [f"{source}#{row + i}" for i in range(len(batch))], batch
+            yield [f"{source}#{row + start + i}" for i in range(len(batch))], batch
         row += len(images)
 
 
