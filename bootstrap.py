@@ -92,6 +92,11 @@ RESERVED_MODULES = {
     "tqdm",
     "yaml",
 }
+# Namespace packages of the stack (folders without __init__.py that several distributions fill):
+# a module of the same name hides all of them, e.g. `google` breaks `import onnx` (needs
+# google.protobuf). google: protobuf; cuda: cuda-bindings (torch); nvidia: the CUDA libraries;
+# flufl, ruamel, zc: flufl.lock, ruamel.yaml, zc.lockfile (dvc); poetry: poetry-core (the build).
+NAMESPACE_PACKAGES = {"cuda", "flufl", "google", "nvidia", "poetry", "ruamel", "zc"}
 
 
 class BootstrapError(Exception):
@@ -124,7 +129,7 @@ def derive_names(raw: str) -> dict[str, str]:
     module = project.replace("-", "_")
     if keyword.iskeyword(module) or keyword.issoftkeyword(module):
         raise BootstrapError(f"module name {module!r} is a Python keyword; pass another --name")
-    if module in sys.stdlib_module_names or module in RESERVED_MODULES:
+    if module in sys.stdlib_module_names or module in RESERVED_MODULES | NAMESPACE_PACKAGES:
         raise BootstrapError(
             f"module name {module!r} would shadow the package or folder of the same name; "
             "pass another --name"

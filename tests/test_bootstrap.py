@@ -159,6 +159,10 @@ def test_name_option_overrides_the_folder(tmp_path, capsys):
         ("dvc", "would shadow"),
         ("data", "would shadow"),
         ("tests", "would shadow"),
+        ("google", "would shadow"),
+        ("Google", "would shadow"),
+        ("cuda", "would shadow"),
+        ("nvidia", "would shadow"),
         ("my project", "is not usable"),
         ("it's", "is not usable"),
         ('say"hi"', "is not usable"),
@@ -182,6 +186,30 @@ def test_bad_names_are_rejected(tmp_path, capsys, name, message):
     assert out == ""
     assert list(target.iterdir()) == []
     assert not (tmp_path / "pwned").exists()
+
+
+def test_namespace_packages_of_the_installed_stack_are_reserved(tmp_path, capsys):
+    # This venv holds a baked project's dependencies (requirements-dev.txt): every folder in
+    # site-packages without __init__.py that a module name could hide is a namespace package.
+    site_packages = [Path(p) for p in sys.path if Path(p).name == "site-packages"]
+    found = {
+        folder.name
+        for where in site_packages
+        for folder in where.iterdir()
+        if folder.is_dir()
+        and folder.name.isidentifier()
+        and folder.name != "__pycache__"
+        and not (folder / "__init__.py").exists()
+    }
+    assert "google" in found, f"protobuf is not installed in {site_packages}: not the test venv?"
+    missing = sorted(found - bootstrap.NAMESPACE_PACKAGES)
+    assert not missing, f"namespace packages bootstrap accepts as names: {missing}"
+    for name in sorted(found):
+        target = tmp_path / name
+        target.mkdir()
+        assert bake(target, "--name", name) == 1
+        assert "would shadow" in one_bootstrap_error(capsys.readouterr().err)
+        assert list(target.iterdir()) == []
 
 
 def test_bad_folder_name_suggests_a_name(tmp_path, capsys):

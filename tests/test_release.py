@@ -7,6 +7,7 @@ the bucket, git and the files hold, and that every bad input stops with one line
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import re
@@ -27,6 +28,7 @@ from helpers import MODULE, NAME, free_port, git, run
 pytestmark = pytest.mark.e2e
 
 BUCKET = "releases"
+MANIFEST = "manifest.json"
 DVC_BUCKET = "dvc-store"
 PREFIX = "models"
 VERSION = "0.1.0"
@@ -187,6 +189,14 @@ def test_release_pipeline_uploads_every_object_with_its_sha256(released):
     assert info["data"]["data/processed"] in lock
     parity = info["parity"]
     assert parity["classes_identical"] and parity["max_abs_diff"] <= parity["atol"]
+    # Self-contained: the weights are inside model.onnx, no side file, no temporary left.
+    assert sorted(p.name for p in (r.root / "releases").iterdir()) == [
+        "model.onnx",
+        "model_info.json",
+    ]
+    assert info["onnx_external_data"] == {}
+    graph = onnx.load(r.root / "releases" / "model.onnx", load_external_data=False).graph
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in graph.initializer)
     model = onnx.load(r.root / "releases" / "model.onnx")
     onnx.checker.check_model(model, full_check=True)
     batch_axis = model.graph.input[0].type.tensor_type.shape.dim[0]
@@ -246,10 +256,11 @@ def test_a_released_version_is_not_replaced(released):
     assert objects(released, version_prefix()) == before
 
 
-def test_parity_gate_stops_a_perturbed_onnx_file_before_any_upload(released):
+def test_a_perturbed_onnx_file_is_stopped_before_any_upload(released):
     r = released
     path = r.root / "releases" / "model.onnx"
-    original = path.read_bytes()
+    info_file = r.root / "releases" / "model_info.json"
+    original, original_info = path.read_bytes(), info_file.read_bytes()
     try:
         model = onnx.load(path)
         weights = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
@@ -257,9 +268,16 @@ def test_parity_gate_stops_a_perturbed_onnx_file_before_any_upload(released):
         weights.CopyFrom(onnx.numpy_helper.from_array(perturbed, weights.name))
         onnx.save(model, path)
         result = release(r, "upload-s3", MODEL_RELEASE_S3_PREFIX="perturbed")
+        one_error_line(result, f"{Path('releases/model.onnx')} is not the file export-onnx wrote")
+        # With model_info.json claiming the new file, the parity gate still stops it.
+        info = json.loads(original_info)
+        info["onnx_sha256"] = sha256(path.read_bytes())
+        info_file.write_text(json.dumps(info))
+        result = release(r, "upload-s3", MODEL_RELEASE_S3_PREFIX="perturbed")
         one_error_line(result, "parity gate failed", "predicts another class")
     finally:
         path.write_bytes(original)
+        info_file.write_bytes(original_info)
     assert objects(r, "perturbed/") == {}
 
 
@@ -279,6 +297,87 @@ def test_benchmark_compares_pytorch_and_onnx_runtime(released, tmp_path):
         f"{ratios['latency_p50_ort_over_pytorch']:.2f}, throughput at batch 256 "
         f"{ratios['throughput_ort_over_pytorch_at_256']:.2f}; export {results['export_seconds']:.2f}s"
     )
+
+
+# --- a release works anywhere ---------------------------------------------------------------
+
+
+def download(r: Released, prefix: str, dest: Path) -> dict:
+    """Into the empty folder `dest`, exactly the objects the manifest lists, checked by SHA-256."""
+    client = s3_client(r.endpoint)
+    manifest = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + MANIFEST)["Body"].read())
+    dest.mkdir()
+    for name, entry in manifest["objects"].items():
+        body = client.get_object(Bucket=BUCKET, Key=prefix + name)["Body"].read()
+        assert sha256(body) == entry["sha256"], f"{name} differs from the manifest"
+        (dest / name).write_bytes(body)
+    return manifest
+
+
+def sample_pngs(root: Path, dest: Path, per_class: int = 3) -> Path:
+    """A few raw digits of every class, flat in one folder."""
+    dest.mkdir()
+    for class_dir in sorted((root / "data" / "raw").iterdir()):
+        for image in sorted(class_dir.glob("*.png"))[:per_class]:
+            shutil.copy(image, dest / f"{class_dir.name}-{image.name}")
+    return dest
+
+
+def predictions_there(folder: Path, images: Path, model: str | None = None) -> str:
+    """predict's CSV, run with `folder` as the working directory."""
+    where = ["--model", model] if model else []
+    out = folder / "predictions.csv"
+    run("python", "-m", f"{MODULE}.predict", images, *where, "--out", out, cwd=folder)
+    return out.read_text()
+
+
+def test_a_downloaded_release_predicts_as_the_local_export(released, tmp_path):
+    r = released
+    images = sample_pngs(r.root, tmp_path / "images")
+    downloaded = tmp_path / "downloaded"
+    manifest = download(r, version_prefix(), downloaded)
+    assert "model.onnx" in manifest["objects"]
+    local = predictions_there(r.root, images)
+    assert len(local.splitlines()) == 1 + 10 * 3
+    assert predictions_there(downloaded, images, "model.onnx") == local
+    # model.onnx and model_info.json are all predict needs: no params.yaml, no project.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.onnx", "model_info.json"):
+        shutil.copy(downloaded / name, bare / name)
+    assert predictions_there(bare, images, "model.onnx") == local
+
+
+def test_external_data_release_round_trip(released, tmp_path):
+    """Weights over the size limit: data files named by content, in the manifest, downloaded."""
+    r = released
+    root = tmp_path / NAME
+    shutil.copytree(r.root, root, symlinks=True)
+    copy = dataclasses.replace(r, root=root)
+    version = "0.3.0"
+    release(copy, "export-onnx", "--version", version, "--max-inline-bytes", "1000", check=True)
+    info = json.loads((root / "releases" / "model_info.json").read_text())
+    (data_name,) = info["onnx_external_data"]
+    data = root / "releases" / data_name
+    assert data_name == f"model.{sha256(data.read_bytes())[:12]}.onnx.data"
+    assert info["onnx_external_data"][data_name] == sha256(data.read_bytes())
+    assert sorted(p.name for p in (root / "releases").iterdir()) == sorted(
+        ["model.onnx", "model_info.json", data_name]
+    )
+    release(copy, "upload-s3", "--version", version, check=True, MODEL_RELEASE_S3_PREFIX="external")
+    downloaded = tmp_path / "downloaded"
+    manifest = download(copy, version_prefix(version, "external"), downloaded)
+    assert set(manifest["objects"]) == RELEASE_OBJECTS | {data_name}
+    images = sample_pngs(root, tmp_path / "images")
+    local = predictions_there(root, images)
+    assert predictions_there(downloaded, images, "model.onnx") == local
+    # Without its data file the model is not usable: the file really carries the weights.
+    (downloaded / data_name).unlink()
+    failed = run(
+        "python", "-m", f"{MODULE}.predict", images, "--model", "model.onnx", "--out", "p.csv",
+        cwd=downloaded, check=False,
+    )  # fmt: skip
+    one_error_line(failed, "ONNX Runtime cannot load model.onnx")
 
 
 # --- DVC's S3 remote ----------------------------------------------------------------------
@@ -316,9 +415,9 @@ def test_dvc_push_then_pull_restores_identical_files(released):
 # --- batch prediction -----------------------------------------------------------------------
 
 
-def predict(r: Released, source: Path | str, out: Path, check: bool = True):
+def predict(r: Released, source: Path | str, out: Path, *args: str, check: bool = True):
     return run(
-        "python", "-m", f"{MODULE}.predict", source, "--out", out, cwd=r.root, check=check
+        "python", "-m", f"{MODULE}.predict", source, "--out", out, *args, cwd=r.root, check=check
     )  # fmt: skip
 
 
@@ -335,6 +434,10 @@ def test_predict_agrees_with_eval(released, tmp_path):
     out = tmp_path / "from-parquet.csv"
     predict(r, "data/processed/test.parquet", out)
     assert [label for _, label in predicted(out)] == evaluated
+    # Batches smaller than a row group: the same rows, in the same order.
+    small = tmp_path / "from-parquet-batches-of-7.csv"
+    predict(r, "data/processed/test.parquet", small, "--batch-size", "7")
+    assert small.read_text() == out.read_text()
     # The same test images as PNG files: the raw files of the test split, in split order.
     listing = (
         "from pathlib import Path\n"
@@ -370,9 +473,35 @@ def test_predict_converts_images_as_training_does_and_names_an_unreadable_one(re
     assert rows[str(folder / "b-rgb.png")] == rows[str(folder / "a-gray.png")]
 
     (folder / "d-broken.png").write_bytes(b"not a png")
+    (folder / "e-broken.jpg").write_bytes(b"")
     result = predict(r, folder, tmp_path / "broken.csv", check=False)
-    one_error_line(result, f"cannot read image {folder / 'd-broken.png'}")
+    one_error_line(result, f"cannot read image {folder / 'd-broken.png'}", "--skip-corrupt")
     assert not (tmp_path / "broken.csv").exists()
+    # --skip-corrupt: the readable images get their rows, the others one warning with a count.
+    skipping = predict(r, folder, tmp_path / "skipped.csv", "--skip-corrupt")
+    assert dict(predicted(tmp_path / "skipped.csv")) == rows
+    warnings = [line for line in skipping.stderr.splitlines() if "unreadable" in line]
+    assert len(warnings) == 1 and "skipped 2 unreadable images" in warnings[0]
+    assert (
+        str(folder / "d-broken.png") in warnings[0] and str(folder / "e-broken.jpg") in warnings[0]
+    )
+
+
+def test_predict_streams_a_folder_larger_than_a_batch_in_order(released, tmp_path):
+    r = released
+    folder = tmp_path / "ten"
+    folder.mkdir()
+    raw = sorted((r.root / "data" / "raw").rglob("*.png"))[::37][:10]
+    assert len(raw) == 10
+    for i, image in enumerate(raw):
+        shutil.copy(image, folder / f"{i:02d}.png")
+    (folder / "._05.png").write_bytes(b"AppleDouble metadata, not an image")
+    whole, batched = tmp_path / "whole.csv", tmp_path / "batched.csv"
+    predict(r, folder, whole)
+    predict(r, folder, batched, "--batch-size", "4")
+    names = [name for name, _ in predicted(batched)]
+    assert names == [str(folder / f"{i:02d}.png") for i in range(10)]
+    assert batched.read_text() == whole.read_text()
 
 
 # --- bad input: one line, exit 1, nothing lost ----------------------------------------------

@@ -46,7 +46,7 @@ def test_pyproject_variants_differ_only_in_where_torch_and_onnxruntime_come_from
     )
     assert cpu_deps - cu_deps == {"onnxruntime>=1.20"}
     assert {d.split(";")[0] for d in cu_deps - cpu_deps} == {
-        "onnxruntime-gpu>=1.20",
+        "onnxruntime-gpu>=1.20,<1.27",
         "onnxruntime>=1.20",
     }
     cu_poetry = cu128["tool"]["poetry"]

@@ -1,35 +1,96 @@
-"""ONNX export, ONNX Runtime sessions, and the parity gate between the two runtimes.
+"""ONNX export, written whole or not at all, and the parity gate between PyTorch and ONNX Runtime.
 
 The exported graph takes the same input as the PyTorch model: uint8 pixels (N, C, H, W) in 0..255,
-with N free, and returns logits (N, num_classes).
+with N free, and returns logits (N, num_classes). A model whose weights fit in one protobuf
+message is one self-contained `model.onnx`. A bigger one keeps its weights in external-data
+files named by their content, `model.<sha256[:12]>.onnx.data`, beside it (`onnx_files` lists them).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
 from .errors import PipelineError
+from .files import disk_full, sha256_file
+from .onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session, run_onnx
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
+# protobuf cannot serialise a message over 2 GiB; the margin leaves room for the graph itself.
+MAX_INLINE_BYTES = 1_800_000_000
 
 # The exporter's graph passes log every step at INFO; only their warnings concern a user.
 for _name in ("onnxscript", "onnx_ir"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+@contextmanager
+def staged_export(
+    model: torch.nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    opset: int,
+    max_inline_bytes: int = MAX_INLINE_BYTES,
+) -> Iterator[Path]:
+    """Export `model` into a hidden folder beside `path` and yield the staged model file.
+
+    Only if the block succeeds (e.g. the parity gate passes) do the files move into place: first
+    the external-data files, then the model that points at them. Otherwise `path` and the data
+    it points at stay as they were, and the staged files are removed.
+    """
+    path = Path(path)
+    stage = path.with_name(f".{path.name}.export")
+    try:
+        shutil.rmtree(stage, ignore_errors=True)  # what a killed run left
+        stage.mkdir(parents=True)
+        staged = stage / path.name
+        export_to(model, staged, input_shape, opset, max_inline_bytes)
+        yield staged
+        for name in external_data(staged):
+            os.replace(stage / name, path.with_name(name))
+        os.replace(staged, path)
+        remove_unreferenced_data(path)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        raise PipelineError(
+            f"no space left on the device while exporting {path}: free some space (`df -h "
+            f"{path.parent}`) and run again; {path} was left as it was"
+        ) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def export_onnx(
-    model: torch.nn.Module, path: str | Path, input_shape: tuple[int, ...], opset: int
+    model: torch.nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    opset: int,
+    max_inline_bytes: int = MAX_INLINE_BYTES,
+) -> list[Path]:
+    """Export `model` to `path` (no gate); return the files written, the model first."""
+    with staged_export(model, path, input_shape, opset, max_inline_bytes):
+        pass
+    return onnx_files(path)
+
+
+def export_to(
+    model: torch.nn.Module,
+    path: Path,
+    input_shape: tuple[int, ...],
+    opset: int,
+    max_inline_bytes: int,
 ) -> None:
-    """Write `model` as ONNX with a dynamic batch axis; onnx.checker must accept the file."""
+    """Write `model` as ONNX with a dynamic batch axis at `path`; onnx.checker must accept it."""
     model = model.eval()
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     # A batch of 2, not 1: torch.export would specialise a size-1 dimension to a constant.
     sample = torch.zeros((2, *input_shape), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
@@ -42,8 +103,11 @@ def export_onnx(
         opset_version=opset,
         dynamic_shapes=({0: batch},),
         dynamo=True,  # needs onnxscript; dynamo=False would select the legacy TorchScript exporter
+        # True writes the weights to `<path>.data`, a name tied to the export path.
+        external_data=weight_bytes > max_inline_bytes,
         verbose=False,
     )
+    name_data_by_content(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as error:
@@ -51,33 +115,66 @@ def export_onnx(
         raise PipelineError(f"onnx.checker rejects the exported model: {first}") from None
 
 
-def providers(device: str = "cpu") -> list[str]:
-    """ONNX Runtime execution providers for `device` (cpu or cuda), best first."""
-    if device == "cuda":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+def tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in `graph`: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    yield from (sparse.values for sparse in graph.sparse_initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from tensors(subgraph)
 
 
-def onnx_session(path: str | Path, device: str = "cpu") -> ort.InferenceSession:
-    """An inference session for the model at `path`."""
+def data_locations(tensor: onnx.TensorProto) -> list[onnx.StringStringEntryProto]:
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return []
+    return [entry for entry in tensor.external_data if entry.key == "location"]
+
+
+def external_data(path: str | Path) -> list[str]:
+    """Names of the external-data files the model at `path` reads, sorted."""
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({e.value for t in tensors(model.graph) for e in data_locations(t)})
+
+
+def onnx_files(path: str | Path) -> list[Path]:
+    """The model file and every external-data file it reads: what a copy of the model needs."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(
-            f"no ONNX model at {path}: run `python -m mlt_project.scripts.release export-onnx` "
-            "or download a release"
-        )
-    available = set(ort.get_available_providers())
-    chosen = [p for p in providers(device) if p in available]
-    try:
-        return ort.InferenceSession(str(path), providers=chosen)
-    except (Fail, InvalidGraph, InvalidProtobuf) as error:
-        first = str(error).strip().splitlines()[0]
-        raise PipelineError(f"ONNX Runtime cannot load {path}: {first}") from None
+    return [path, *(path.with_name(name) for name in external_data(path))]
 
 
-def run_onnx(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
-    """Logits for a uint8 (N, C, H, W) batch."""
-    return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+def name_data_by_content(path: Path) -> None:
+    """Rename each external-data file of `path` to `<stem>.<sha256[:12]><suffix>.data`.
+
+    The name then changes with the weights, so a new export never rewrites the data an existing
+    model file points at, and a copy can be checked against its name.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    renamed: dict[str, str] = {}
+    for tensor in tensors(model.graph):
+        for entry in data_locations(tensor):
+            if entry.value not in renamed:
+                digest = sha256_file(path.with_name(entry.value))[:12]
+                renamed[entry.value] = f"{path.stem}.{digest}{path.suffix}.data"
+            entry.value = renamed[entry.value]
+    if not renamed:
+        return
+    for old, new in renamed.items():
+        os.replace(path.with_name(old), path.with_name(new))
+    onnx.save(model, str(path))
+
+
+def remove_unreferenced_data(path: Path) -> None:
+    """Delete the external-data files of earlier exports of `path` that it no longer reads."""
+    kept = set(external_data(path))
+    for candidate in path.parent.glob(f"{path.stem}.*{path.suffix}.data"):
+        if candidate.name not in kept:
+            candidate.unlink(missing_ok=True)
 
 
 def run_torch(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
@@ -88,18 +185,24 @@ def run_torch(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 
 
 def check_parity(
-    model: torch.nn.Module, onnx_path: str | Path, images: np.ndarray, atol: float
+    model: torch.nn.Module,
+    onnx_path: str | Path,
+    images: np.ndarray,
+    atol: float,
+    shown_as: str | Path | None = None,
 ) -> dict[str, object]:
     """Compare PyTorch and ONNX Runtime (CPU) on `images`; raise PipelineError if they disagree.
 
     They disagree when any logit differs by more than `atol` or any predicted class differs.
+    Messages call the model `shown_as` (default: its path), e.g. the file a staged export replaces.
     """
+    name = shown_as or onnx_path
     model = model.eval().cpu()
     expected = run_torch(model, images)
     actual = run_onnx(onnx_session(onnx_path), images)
     if actual.shape != expected.shape:
         raise PipelineError(
-            f"parity gate failed: {onnx_path} returns shape {actual.shape}, PyTorch "
+            f"parity gate failed: {name} returns shape {actual.shape}, PyTorch "
             f"{expected.shape}: export the model again"
         )
     max_abs_diff = float(np.abs(expected - actual).max())
@@ -108,7 +211,7 @@ def check_parity(
         raise PipelineError(
             f"parity gate failed: on {len(images)} test images ONNX Runtime differs from PyTorch "
             f"by up to {max_abs_diff:.3g} (release.parity_atol {atol:g}) and predicts another "
-            f"class for {changed}: {onnx_path} is not the trained model; export it again"
+            f"class for {changed}: {name} is not the trained model; export it again"
         )
     return {
         "samples": len(images),

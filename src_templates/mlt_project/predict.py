@@ -1,11 +1,16 @@
 """Batch inference with the released ONNX model: a folder of images or a Parquet split -> CSV.
 
-    python -m mlt_project.predict data/new_images/ [--out predictions.csv]
+    python -m mlt_project.predict data/new_images/ [--out predictions.csv] [--skip-corrupt]
     python -m mlt_project.predict data/processed/test.parquet
+    python -m mlt_project.predict photos/ --model downloaded/model.onnx   # no project needed
 
-Images go through preprocess's own `load_image` (converted to the model's channels, resized to
-its size), so inference sees exactly what training saw. The CSV has one row per image: the
-input, the predicted class, its probability, and the probability of every class.
+It needs only the release: model.onnx (with any model.*.onnx.data beside it) and model_info.json.
+params.yaml only names the default model, paths.release/model.onnx. No PyTorch, no Lightning.
+Images go through preprocess's own `load_image` with the data params the model was exported with,
+so inference sees exactly what training saw. Inputs are decoded and run --batch-size at a time
+and each row is written as it comes, so memory does not grow with the number of images. The CSV
+has one row per image: the input, the predicted class, its probability, and every class's.
+An unreadable image stops the run; with --skip-corrupt it gets no row and is counted in a warning.
 """
 
 from __future__ import annotations
@@ -15,46 +20,117 @@ import csv
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .config import PARAMS_FILE, Config, load_config
+from .config import PARAMS_FILE, DataConfig, load_config
 from .data.preprocess import IMAGE_SUFFIXES, load_image
-from .data.store import read_split
+from .data.store import open_split, read_row_group, split_info
 from .errors import PipelineError, run_main
 from .files import atomic_output
 from .logs import setup_logger
-from .onnx_export import onnx_session, run_onnx
+from .onnx_runtime import onnx_session, run_onnx
 
 BATCH_SIZE = 256
+SHOWN_SKIPPED = 5  # names of skipped files in the warning; the count covers the rest
+
+Batch = tuple[list[str], np.ndarray]
 
 log = logging.getLogger(__name__)
 
 
-def read_inputs(
-    source: Path, cfg: Config, input_shape: tuple[int, ...]
-) -> tuple[list[str], np.ndarray]:
-    """(names, uint8 images (N, C, H, W)) from an image folder or a Parquet split."""
+def read_info(model_path: Path) -> dict[str, Any]:
+    """model_info.json from beside the model."""
+    info_file = model_path.with_name("model_info.json")
+    if not info_file.is_file():
+        raise PipelineError(
+            f"{info_file} not found: it comes with the model from "
+            "`python -m mlt_project.scripts.release export-onnx` or a downloaded release"
+        )
+    return json.loads(info_file.read_text(encoding="utf-8"))
+
+
+def data_params(info: dict[str, Any], model_path: Path) -> DataConfig:
+    """The data params the model was exported with, its input shape taking precedence."""
+    channels, height, width = info["input"]["shape"][1:]
+    try:
+        data = DataConfig(**info["params"]["data"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise PipelineError(
+            f"{model_path.with_name('model_info.json')} lacks usable data params ({error}): "
+            "export the model again with this version"
+        ) from None
+    return dataclasses.replace(data, channels=channels, image_size=[height, width])
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Images under `folder`, sorted; hidden files and folders (e.g. macOS `._x.png`) left out."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and path.is_file()
+    )
+
+
+def image_batches(
+    files: list[Path], data: DataConfig, batch_size: int, skipped: list[Path] | None
+) -> Iterator[Batch]:
+    """Decoded images, `batch_size` at a time; with a `skipped` list, unreadable ones go there."""
+    names: list[str] = []
+    images: list[np.ndarray] = []
+    for path in files:
+        try:
+            images.append(load_image(path, data))
+        except PipelineError as error:
+            if skipped is None:
+                raise PipelineError(f"{error}; or pass --skip-corrupt to skip it") from None
+            skipped.append(path)
+            continue
+        names.append(str(path))
+        if len(names) == batch_size:
+            yield names, np.stack(images)
+            names, images = [], []
+    if names:
+        yield names, np.stack(images)
+
+
+def parquet_batches(source: Path, input_shape: tuple[int, ...], batch_size: int) -> Iterator[Batch]:
+    """A preprocessed split, one row group in memory at a time, `batch_size` rows per batch."""
+    parquet = open_split(source)
+    shape, _ = split_info(parquet, source)
+    if tuple(shape) != input_shape:
+        raise PipelineError(
+            f"{source} holds images of shape {tuple(shape)} but the model takes {input_shape}: "
+            "preprocess them with the params the model was trained with"
+        )
+    row = 0
+    for group in range(parquet.num_row_groups):
+        images, _ = read_row_group(parquet, group, shape)
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            yield [f"{source}#{row + start + i}" for i in range(len(batch))], batch
+        row += len(images)
+
+
+def batches(
+    source: Path, data: DataConfig, batch_size: int, skipped: list[Path] | None
+) -> Iterator[Batch]:
+    """(names, uint8 images (n, C, H, W)) from an image folder or a Parquet split."""
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(source)
         if not files:
             raise PipelineError(
                 f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): point "
                 "predict at a folder of images or a Parquet split"
             )
-        channels, height, width = input_shape
-        data = dataclasses.replace(cfg.data, channels=channels, image_size=[height, width])
-        images = np.stack([load_image(path, data) for path in files])
-        return [str(path) for path in files], images
-    if source.suffix == ".parquet":
-        images, _, _ = read_split(source)
-        if tuple(images.shape[1:]) != input_shape:
-            raise PipelineError(
-                f"{source} holds images of shape {tuple(images.shape[1:])} but the model takes "
-                f"{input_shape}: preprocess them with the params the model was trained with"
-            )
-        return [f"{source}#{row}" for row in range(len(images))], images
+        return image_batches(files, data, batch_size, skipped)
+    if source.suffix == ".parquet" and source.is_file():
+        return parquet_batches(source, data.input_shape, batch_size)
     if source.exists():
         raise PipelineError(f"{source} is neither a folder of images nor a .parquet file")
     raise PipelineError(f"{source} not found")
@@ -65,46 +141,63 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def predict(cfg: Config, source: Path, out: Path, model_path: Path | None = None) -> int:
-    """Write one CSV row per input image; return the number of rows."""
-    model_path = model_path or Path(cfg.paths.release) / "model.onnx"
-    info_file = model_path.with_name("model_info.json")
-    if not info_file.is_file():
-        raise PipelineError(
-            f"{info_file} not found: it comes with the model from "
-            "`python -m mlt_project.scripts.release export-onnx` or a downloaded release"
-        )
-    info = json.loads(info_file.read_text(encoding="utf-8"))
+def predict(
+    model_path: Path,
+    source: Path,
+    out: Path,
+    batch_size: int = BATCH_SIZE,
+    skip_corrupt: bool = False,
+) -> int:
+    """Write one CSV row per readable input image; return the number of rows."""
+    if batch_size < 1:
+        raise PipelineError(f"--batch-size must be at least 1, not {batch_size}")
+    info = read_info(model_path)
     class_names = info["class_names"]
-    input_shape = tuple(info["input"]["shape"][1:])
+    data = data_params(info, model_path)
     session = onnx_session(model_path)
-    names, images = read_inputs(source, cfg, input_shape)
-    probabilities = np.concatenate(
-        [
-            softmax(run_onnx(session, images[start : start + BATCH_SIZE]))
-            for start in range(0, len(images), BATCH_SIZE)
-        ]
-    )
+    skipped: list[Path] | None = [] if skip_corrupt else None
+    rows = 0
     with atomic_output(out) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["input", "predicted", "score", *(f"score_{c}" for c in class_names)])
-        for name, row in zip(names, probabilities, strict=True):
-            best = int(row.argmax())
-            scores = [f"{p:.6f}" for p in row]
-            writer.writerow([name, class_names[best], scores[best], *scores])
-    log.info("wrote %d predictions to %s", len(names), out)
-    return len(names)
+        for names, images in batches(source, data, batch_size, skipped):
+            for name, row in zip(names, softmax(run_onnx(session, images)), strict=True):
+                best = int(row.argmax())
+                scores = [f"{p:.6f}" for p in row]
+                writer.writerow([name, class_names[best], scores[best], *scores])
+            rows += len(names)
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:SHOWN_SKIPPED])
+        more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+        log.warning(
+            "skipped %d unreadable images (no row in %s): %s%s", len(skipped), out, shown, more
+        )
+    log.info("wrote %d predictions to %s", rows, out)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="a folder of images, or a .parquet split")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
-    parser.add_argument("--model", type=Path, help="ONNX file (default: paths.release/model.onnx)")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument(
+        "--model", type=Path, help="ONNX file, model_info.json beside it (default: paths.release)"
+    )
+    parser.add_argument(
+        "--params", type=Path, default=PARAMS_FILE, help="only read without --model"
+    )
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per ONNX run")
+    parser.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable images (counted in a warning)"
+    )
     args = parser.parse_args(argv)
     setup_logger()
-    return run_main(lambda: predict(load_config(args.params), args.source, args.out, args.model))
+
+    def run() -> int:
+        model = args.model or Path(load_config(args.params).paths.release) / "model.onnx"
+        return predict(model, args.source, args.out, args.batch_size, args.skip_corrupt)
+
+    return run_main(run)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from ..errors import PipelineError, run_main
 from ..factories import load_model
 from ..files import atomic_output
 from ..logs import setup_logger
-from ..onnx_export import check_parity, export_onnx, onnx_session, run_onnx, run_torch
+from ..onnx_export import check_parity, export_onnx, run_torch
+from ..onnx_runtime import onnx_session, run_onnx
 
 Runner = Callable[[np.ndarray], np.ndarray]
 

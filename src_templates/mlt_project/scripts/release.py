@@ -30,7 +30,8 @@ from ..errors import PipelineError, run_main
 from ..factories import load_model
 from ..files import atomic_output, sha256_file
 from ..logs import setup_logger
-from ..onnx_export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx
+from ..onnx_export import MAX_INLINE_BYTES, check_parity, onnx_files, staged_export
+from ..onnx_runtime import INPUT_NAME, OUTPUT_NAME
 from .gitrepo import (
     create_annotated_tag,
     git,
@@ -103,19 +104,31 @@ def git_state() -> tuple[str | None, bool | None]:
         return None, None
 
 
-def export_release(cfg: Config, version: str, params_path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """Write paths.release/model.onnx and model_info.json, if the parity gate passes."""
+def export_release(
+    cfg: Config,
+    version: str,
+    params_path: Path = PARAMS_FILE,
+    max_inline_bytes: int = MAX_INLINE_BYTES,
+) -> dict[str, Any]:
+    """Write paths.release/model.onnx (+ its data files) and model_info.json, if the gate passes.
+
+    Weights over `max_inline_bytes` go to external-data files beside model.onnx.
+    """
     model = load_model(cfg)
     metrics = read_json(Path(cfg.paths.metrics), "run `dvc repro` to evaluate the model first")
     images, _, class_names = read_split(split_path(cfg.paths.processed, "test"))
     images = images[: cfg.release.parity_samples]
     target = onnx_path(cfg)
-    with atomic_output(target) as tmp:
-        start = time.perf_counter()
-        export_onnx(model, tmp, cfg.data.input_shape, cfg.release.onnx_opset)
+    start = time.perf_counter()
+    with staged_export(
+        model, target, cfg.data.input_shape, cfg.release.onnx_opset, max_inline_bytes
+    ) as staged:
         export_seconds = time.perf_counter() - start
-        # The gate runs on the file about to be renamed: a failed gate leaves no new model.onnx.
-        parity = check_parity(model, tmp, images, cfg.release.parity_atol)
+        # The gate runs on the files about to be moved into place: a failed gate leaves the
+        # previous export, and the data it reads, as they were.
+        shown_as = f"the new export of {target} (not written)"
+        parity = check_parity(model, staged, images, cfg.release.parity_atol, shown_as)
+    data_files = onnx_files(target)[1:]
     commit, dirty = git_state()
     info = {
         "project": PROJECT_NAME,
@@ -128,6 +141,8 @@ def export_release(cfg: Config, version: str, params_path: Path = PARAMS_FILE) -
         "class_names": class_names,
         "onnx_opset": cfg.release.onnx_opset,
         "onnx_sha256": sha256_file(target),
+        # Weights too big for one protobuf message: files beside model.onnx, shipped with it.
+        "onnx_external_data": {path.name: sha256_file(path) for path in data_files},
         "checkpoint_sha256": sha256_file(cfg.paths.model),
         "export_seconds": round(export_seconds, 3),
         "parity": parity,
@@ -191,19 +206,27 @@ def create_tag(cfg: Config, version: str, allow_dirty: bool = False) -> str:
     return tag
 
 
-def upload_files(cfg: Config, params_path: Path) -> dict[str, Path]:
-    """What a release holds, by object name."""
-    files = {
-        "model.onnx": onnx_path(cfg),
+def upload_files(cfg: Config, params_path: Path, info: dict[str, Any]) -> dict[str, Path]:
+    """What a release holds, by object name; model.onnx and its data files as exported."""
+    model = onnx_path(cfg)
+    others = {
         Path(cfg.paths.model).name: Path(cfg.paths.model),
         "model_info.json": info_path(cfg),
         Path(cfg.paths.metrics).name: Path(cfg.paths.metrics),
         "params.yaml": Path(params_path),
     }
-    for path in files.values():
+    for path in [model, *others.values()]:
         if not path.is_file():
             raise PipelineError(f"{path} not found: run `dvc repro release/dvc.yaml`")
-    return files
+    exported = {path.name: path for path in onnx_files(model)}
+    recorded = {model.name: info.get("onnx_sha256"), **info.get("onnx_external_data", {})}
+    for name, path in exported.items():
+        if not path.is_file() or sha256_file(path) != recorded.get(name):
+            raise PipelineError(
+                f"{path} is not the file export-onnx wrote (model_info.json records "
+                f"{', '.join(sorted(recorded))}): run export-onnx again"
+            )
+    return exported | others
 
 
 def upload_s3(
@@ -215,7 +238,7 @@ def upload_s3(
     simply run again.
     """
     info = release_info(cfg, version)
-    files = upload_files(cfg, params_path)
+    files = upload_files(cfg, params_path, info)
     bucket = require_env("MODEL_RELEASE_S3_BUCKET", "the bucket releases go to")
     prefix = os.environ.get("MODEL_RELEASE_S3_PREFIX", DEFAULT_PREFIX).strip("/")
     base = "/".join(part for part in (prefix, PROJECT_NAME, version) if part) + "/"
@@ -282,8 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--version", help="release version (default: release.version in params)")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    export = commands.add_parser(
         "export-onnx", parents=[common], help="checkpoint -> ONNX, behind the parity gate"
+    )
+    export.add_argument(
+        "--max-inline-bytes",
+        type=int,
+        default=MAX_INLINE_BYTES,
+        help="weights over this size go to external-data files beside model.onnx "
+        f"(default {MAX_INLINE_BYTES:,}: protobuf's 2 GiB limit, less room for the graph)",
     )
     tag = commands.add_parser(
         "create-tag", parents=[common], help="annotated git tag v<version> on HEAD"
@@ -301,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.params)
         version = resolve_version(cfg, args.version)
         if args.command == "export-onnx":
-            export_release(cfg, version, args.params)
+            export_release(cfg, version, args.params, args.max_inline_bytes)
         elif args.command == "create-tag":
             create_tag(cfg, version, args.allow_dirty)
         else:
