@@ -11,6 +11,7 @@ P3  preprocess (PNG class folders -> Parquet) with 2 workers / with 1; images pe
 P3m peak RSS of preprocess (main process + workers) on 4,000 RGB images at 64, 128, 224 px.
 P4  PyTorch eager p50 latency / ONNX Runtime p50 latency at batch 1, default model, CPU.
 P5  a no-op `dvc repro` in a baked project.   P6  the whole default pipeline on the sample data.
+P7  ResNet-18 on 3x32x32 synthetic images: Lightning epoch / bare loop, both accumulating train accuracy.
 
 `--root` measures another checkout of this repository (e.g. a copy taken before a change):
 its templates are imported and baked instead of this one's. See BENCHMARKS.md.
@@ -53,7 +54,8 @@ TARGETS = {  # id -> (comparison, bound); ratios are "ours / baseline" unless na
     "P3m rise / row group": ("<=", 2.0),
     "P4 eager/ORT p50": (">=", 2.0),
     "P5 no-op repro (s)": ("<=", 3.0),
-    "P6 pipeline (s)": ("<=", 60.0),
+    "P6 pipeline (s)": ("<=", 12.0),
+    "P7 resnet18": ("<=", 1.05),
 }
 
 
@@ -155,18 +157,30 @@ def write_pngs(raw: Path, count: int, size: int, classes: int = 10) -> None:
 # ---------------------------------------------------------------- P1: training loop
 
 
-def bare_epoch(model, optimizer, train, val, batch_size: int, eval_batch_size: int) -> None:
-    """One epoch the way a hand-written loop does it: index, forward, backward, step; validate."""
+def bare_epoch(
+    model, optimizer, train, val, batch_size: int, eval_batch_size: int, train_acc=None
+) -> None:
+    """One epoch the way a hand-written loop does it: index, forward, backward, step; validate.
+
+    With `train_acc` (a torchmetrics metric) it also accumulates the training accuracy, as the
+    project's LightningModule does, and reads it once at the end of the epoch.
+    """
     import torch
     import torch.nn.functional as F
 
     images, labels = train
     model.train()
     for index in torch.randperm(len(labels)).split(batch_size):
-        loss = F.cross_entropy(model(images[index]), labels[index])
+        logits = model(images[index])
+        loss = F.cross_entropy(logits, labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if train_acc is not None:
+            train_acc.update(logits, labels[index])
+    if train_acc is not None:
+        float(train_acc.compute())
+        train_acc.reset()
     model.eval()
     correct = torch.zeros(())
     with torch.inference_mode():
@@ -200,8 +214,9 @@ def lightning_epochs(cfg, epochs: int) -> list[float]:
     return [b - a for a, b in itertools.pairwise(starts)]
 
 
-def bare_epochs(cfg, epochs: int) -> list[float]:
+def bare_epochs(cfg, epochs: int, train_acc: bool = False) -> list[float]:
     import torch
+    from torchmetrics.classification import MulticlassAccuracy
 
     create_datamodule, create_model = factories().create_datamodule, factories().create_model
 
@@ -210,7 +225,10 @@ def bare_epochs(cfg, epochs: int) -> list[float]:
     datamodule.setup("fit")
     train, val = datamodule.datasets["train"], datamodule.datasets["val"]
     model = create_model(cfg)
-    optimizer = model.configure_optimizers()
+    # The project's default optimizer (AdamW, torch's default weight decay 0.01), built directly:
+    # configure_optimizers needs a Trainer.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, weight_decay=0.01)
+    metric = MulticlassAccuracy(cfg.data.num_classes, validate_args=False) if train_acc else None
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
@@ -221,16 +239,20 @@ def bare_epochs(cfg, epochs: int) -> list[float]:
             (val.images, val.labels),
             cfg.training.batch_size,
             cfg.evaluation.batch_size,
+            metric,
         )
         times.append(time.perf_counter() - start)
     return times
 
 
-def p1_case(cfg, warmup: int, measured: int, rounds: int, log: Path) -> dict:
+def p1_case(
+    cfg, warmup: int, measured: int, rounds: int, log: Path, train_acc: bool = False
+) -> dict:
     """Alternate bare and Lightning runs; per side, the best of the rounds' medians."""
     bare, lightning = [], []
     for _ in range(rounds):
-        bare.append(statistics.median(bare_epochs(cfg, warmup + measured)[warmup:]))
+        epochs = bare_epochs(cfg, warmup + measured, train_acc)
+        bare.append(statistics.median(epochs[warmup:]))
         with terminal():
             lightning.append(statistics.median(lightning_epochs(cfg, warmup + measured)[warmup:]))
     steps = -(-int(cfg_train_size(cfg)) // cfg.training.batch_size)
@@ -272,6 +294,27 @@ def p1(root: Path, tmp: Path, log: Path) -> dict:
     return {
         "digits": p1_case(digits, warmup=3, measured=12, rounds=3, log=log),
         "synthetic-60k": p1_case(large, warmup=1, measured=4, rounds=3, log=log),
+    }
+
+
+# ---------------------------------------------------------------- P7: a compute-bound network
+
+
+def p7(root: Path, tmp: Path, log: Path) -> dict:
+    """ResNet-18 on synthetic 3x32x32 images: the project's Lightning epoch / a bare loop doing
+    the same work (same data, batch, optimizer; both accumulate the training accuracy)."""
+    cfg = base_config(
+        root,
+        tmp / "p7",
+        data={"image_size": [32, 32], "channels": 3},
+        model={"name": "resnet18"},
+        training={"accelerator": "cpu", "devices": 1, "batch_size": 128},
+    )
+    write_synthetic(
+        Path(cfg.paths.processed), {"train": 2048, "val": 256, "test": 256}, 32, channels=3
+    )
+    return {
+        "resnet18-3x32x32": p1_case(cfg, warmup=1, measured=2, rounds=2, log=log, train_acc=True)
     }
 
 
@@ -653,6 +696,12 @@ def rows(results: dict) -> list[tuple[str, float | None, str]]:
                 f"{r['overhead_ms_per_step']:+.3f} ms/step"
             )
             out.append((f"P1 {case}", r["ratio"], detail))
+    for case, r in results.get("P7", {}).items():
+        detail = (
+            f"{case}: {r['lightning_epoch_s']:.2f} vs {r['bare_epoch_s']:.2f} s/epoch, "
+            f"{r['overhead_ms_per_step']:+.1f} ms/step"
+        )
+        out.append(("P7 resnet18", r["ratio"], detail))
     if "P2" in results:
         r = results["P2"]
         out.append(("P2 setup", r["ratio"], f"{r['setup_s']:.3f} vs {r['arrow_s']:.3f} s"))
@@ -715,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=HERE.parent, help="checkout to measure")
     parser.add_argument(
-        "--only", default="P1,P2,P2b,P3,P3m,P4,P5", help="comma-separated (P5 runs P6)"
+        "--only", default="P1,P2,P2b,P3,P3m,P4,P5,P7", help="comma-separated (P5 runs P6)"
     )
     parser.add_argument("--out", type=Path, default=HERE.parent / "bench-results" / "latest.json")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
@@ -735,7 +784,16 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    benches = {"P1": p1, "P2": p2, "P2b": p2b, "P3": p3, "P3m": p3m, "P4": p4, "P5": p5_p6}
+    benches = {
+        "P1": p1,
+        "P2": p2,
+        "P2b": p2b,
+        "P3": p3,
+        "P3m": p3m,
+        "P4": p4,
+        "P5": p5_p6,
+        "P7": p7,
+    }
     names = {name.upper(): name for name in benches}
     wanted = [names[b.strip().upper()] for b in args.only.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import torch
 from ..config import PARAMS_FILE, Config, load_config
 from ..data.store import read_split, split_path
 from ..errors import PipelineError, run_main
-from ..factories import load_model
+from ..factories import load_network
 from ..files import atomic_output
 from ..logs import setup_logger
 from ..onnx_export import check_parity, export_onnx, run_torch
@@ -72,7 +72,7 @@ def benchmark(
     cfg: Config, batch_sizes: list[int], warmup: int, iterations: int, out: Path
 ) -> dict[str, object]:
     """Export, check parity, time every runner; write `out` and return the results."""
-    model = load_model(cfg).eval()
+    model = load_network(cfg)
     images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"

@@ -27,7 +27,7 @@ from ..config import PARAMS_FILE, Config, load_config
 from ..data.store import read_split, split_path
 from ..env import load_env, require_env
 from ..errors import PipelineError, run_main
-from ..factories import load_model
+from ..factories import load_network
 from ..files import atomic_output, sha256_file
 from ..logs import setup_logger
 from ..onnx_export import MAX_INLINE_BYTES, check_parity, onnx_files, staged_export
@@ -114,7 +114,7 @@ def export_release(
 
     Weights over `max_inline_bytes` go to external-data files beside model.onnx.
     """
-    model = load_model(cfg)
+    model = load_network(cfg)
     metrics = read_json(Path(cfg.paths.metrics), "run `dvc repro` to evaluate the model first")
     images, _, class_names = read_split(split_path(cfg.paths.processed, "test"))
     images = images[: cfg.release.parity_samples]
@@ -255,7 +255,7 @@ def upload_s3(
     # The gate again, on the exact file about to be published.
     images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
     sample = images[: cfg.release.parity_samples]
-    check_parity(load_model(cfg), files["model.onnx"], sample, cfg.release.parity_atol)
+    check_parity(load_network(cfg), files["model.onnx"], sample, cfg.release.parity_atol)
     hashes = {name: sha256_file(path) for name, path in files.items()}
     with s3_errors(bucket):
         if released:  # unreleased first, so nobody takes a half-replaced version as released

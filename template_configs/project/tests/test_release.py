@@ -9,7 +9,7 @@ from mlt_project.onnx_export import check_parity, export_onnx
 
 def test_onnx_export_matches_pytorch_and_the_gate_catches_a_changed_model(processed, tmp_path):
     cfg = processed
-    model = create_model(cfg).eval()
+    model = create_model(cfg).net.eval()
     images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
     path = tmp_path / "model.onnx"
     export_onnx(model, path, cfg.data.input_shape, cfg.release.onnx_opset)
