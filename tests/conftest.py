@@ -32,6 +32,7 @@ class TrainedProject:
     root: Path
     module: str
     repro_stdout: str
+    repro_stderr: str  # the stages' logs
     repro_seconds: float
 
 
@@ -51,7 +52,7 @@ def trained_project(tmp_path_factory, template_repo):
     run(sys.executable, "-m", f"{MODULE}.data.sample_data", cwd=host)
     start = time.perf_counter()
     repro = run("dvc", "repro", cwd=host)
-    yield TrainedProject(host, MODULE, repro.stdout, time.perf_counter() - start)
+    yield TrainedProject(host, MODULE, repro.stdout, repro.stderr, time.perf_counter() - start)
     run(*pip, "uninstall", "--quiet", "--yes", NAME, cwd=host.parent)
 
 

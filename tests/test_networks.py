@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,9 @@ def test_pretrained_weights_are_read_from_torch_cache(tmp_path, monkeypatch):
 
 def test_pretrained_weights_without_network_name_the_file_to_place(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # urlopen builds its opener, with the proxies of that moment, once per process: start from
+    # none, and put back the one before, so the proxy below reaches no other test.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     # Every download goes to a proxy on a loopback port nothing listens on: refused at once,
     # and no request leaves this machine.
     for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):

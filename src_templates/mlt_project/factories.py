@@ -129,7 +129,10 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
         "num_nodes": training.num_nodes,
         "precision": resolve_precision(training.precision, training.accelerator),
         "max_epochs": training.max_epochs,
-        "logger": TensorBoardLogger(cfg.paths.logs, name="") if logger else False,
+        # No hp_metric: TensorBoard would show a placeholder -1 for every run.
+        "logger": TensorBoardLogger(cfg.paths.logs, name="", default_hp_metric=False)
+        if logger
+        else False,
         "enable_checkpointing": False,  # train.py writes the one checkpoint DVC tracks
         "log_every_n_steps": LOG_EVERY_N_STEPS,
         "callbacks": [TQDMProgressBar(refresh_rate=LOG_EVERY_N_STEPS)]
