@@ -340,7 +340,11 @@ def p2(root: Path, tmp: Path, log: Path) -> dict:
     def arrow() -> None:
         for path in files:
             table = pq.read_table(path)
-            table.column("image").combine_chunks().flatten().to_numpy()
+            pixels = table.column("image").combine_chunks()
+            if hasattr(pixels, "flatten"):  # a list<uint8> column, as before format 2
+                pixels.flatten().to_numpy()
+            else:  # fixed_size_binary: its data buffer is the pixels
+                np.frombuffer(pixels.buffers()[1], dtype=np.uint8)
             table.column("label").to_numpy()
 
     def setup() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -310,49 +309,6 @@ def test_onecycle_peaks_at_the_learning_rate():
 
 
 # ---------------------------------------------------------------- in a baked project
-
-
-def write_rgb_pngs(raw: Path, classes: int, per_class: int, size: int) -> None:
-    rng = np.random.default_rng(1)
-    for label in range(classes):
-        folder = raw / f"class-{label}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 90, (size, size, 3))
-            pixels[..., label % 3] += 120 + 30 * (label // 3)
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
-
-
-@pytest.mark.e2e
-def test_resnet18_on_own_rgb_images_trains_exports_predicts_and_passes_its_tests(project_copy):
-    """A user's own data (3x32x32 RGB, 4 classes) and a torchvision network, set in params.yaml
-    as the README says; then the whole pipeline, the release export and the project's tests."""
-    shutil.rmtree(project_copy / "data" / "raw")
-    write_rgb_pngs(project_copy / "data" / "raw", classes=4, per_class=30, size=32)
-    set_params(
-        project_copy,
-        data__image_size=[32, 32],
-        data__channels=3,
-        data__num_classes=4,
-        model__name="resnet18",
-        training__max_epochs=2,
-        training__batch_size=16,
-    )
-    run("dvc", "repro", cwd=project_copy)
-    results = json.loads((project_copy / "evaluation_results.json").read_text())
-    assert results["num_samples"] == 4 * round(30 * 0.15)
-    export = run(sys.executable, "-m", f"{MODULE}.scripts.release", "export-onnx", cwd=project_copy)
-    assert "classes identical" in export.stderr
-    info = json.loads((project_copy / "releases" / "model_info.json").read_text())
-    assert info["parity"]["max_abs_diff"] <= info["parity"]["atol"]
-    run(
-        sys.executable, "-m", f"{MODULE}.predict", "data/raw/class-2", "--out", "p.csv",
-        cwd=project_copy,
-    )  # fmt: skip
-    rows = (project_copy / "p.csv").read_text().splitlines()
-    assert len(rows) == 1 + 30
-    tests = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project_copy)
-    assert "passed" in tests.stdout and "failed" not in tests.stdout
 
 
 @pytest.mark.e2e

@@ -23,7 +23,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from helpers import MODULE, NAME, free_port, git, run
+from helpers import MODULE, NAME, free_port, git, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -539,3 +539,53 @@ def test_upload_problems(released, overrides, fragments):
     one_error_line(result, *fragments)
     assert seconds < 60, f"took {seconds:.0f}s"
     assert objects(released, "problems/") == {}
+
+
+def write_rgb_pngs(raw: Path, classes: int, per_class: int, size: int) -> None:
+    rng = np.random.default_rng(1)
+    for label in range(classes):
+        folder = raw / f"class-{label}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (size, size, 3))
+            pixels[..., label % 3] += 120 + 30 * (label // 3)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def test_a_resnet18_on_own_rgb_images_is_released_and_predicts_anywhere(released, tmp_path):
+    """A user's own data (3x32x32 RGB, 4 classes) and a torchvision network, set in params.yaml
+    as the README says: the pipeline, the project's own tests, a release to S3, and predict in
+    an empty folder holding only what the manifest lists."""
+    root = tmp_path / NAME
+    shutil.copytree(released.root, root, symlinks=True)
+    r = dataclasses.replace(released, root=root)
+    shutil.rmtree(root / "data" / "raw")
+    write_rgb_pngs(root / "data" / "raw", classes=4, per_class=30, size=32)
+    set_params(
+        root,
+        data__image_size=[32, 32],
+        data__channels=3,
+        data__num_classes=4,
+        model__name="resnet18",
+        training__max_epochs=2,
+        training__batch_size=16,
+    )
+    run("dvc", "repro", cwd=root)
+    results = json.loads((root / "evaluation_results.json").read_text())
+    assert results["num_samples"] == 4 * round(30 * 0.15)
+    tests = run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=root)
+    assert "passed" in tests.stdout and "failed" not in tests.stdout
+    version = "0.4.0"
+    exported = release(r, "export-onnx", "--version", version, check=True)
+    assert "classes identical" in exported.stderr
+    info = json.loads((root / "releases" / "model_info.json").read_text())
+    assert info["parity"]["max_abs_diff"] <= info["parity"]["atol"]
+    assert info["onnx_external_data"] == {}  # 44.7 MB of weights, inside model.onnx
+    release(r, "upload-s3", "--version", version, check=True, MODEL_RELEASE_S3_PREFIX="resnet")
+    downloaded = tmp_path / "downloaded"
+    manifest = download(r, version_prefix(version, "resnet"), downloaded)
+    assert set(manifest["objects"]) == RELEASE_OBJECTS
+    images = sample_pngs(root, tmp_path / "images", per_class=5)
+    local = predictions_there(root, images)
+    assert len(local.splitlines()) == 1 + 4 * 5
+    assert predictions_there(downloaded, images, "model.onnx") == local

@@ -243,6 +243,8 @@ def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
     if extra:  # keys holding a mapping (or nothing) are sections of their own, checked later
         sections = {key: raw[key] or {} for key in unknown if isinstance(raw[key], dict | None)}
         unknown = [key for key in unknown if key not in sections]
+        # dataclasses.asdict() of a config gathers them under the field's own name: take them back.
+        sections |= sections.pop(extra, {})
     if unknown:
         raise ConfigError(
             f"{path}: unknown key '{prefix}{unknown[0]}'; expected one of {', '.join(expected)}"

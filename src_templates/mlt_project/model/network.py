@@ -75,9 +75,9 @@ def check_sections(model: ModelConfig) -> None:
     available = models.list_models(module=models)
     for name in unknown:
         if name not in available:
-            close = difflib.get_close_matches(name, [*NETWORKS, *available], n=3, cutoff=0.5)
-            hint = f": did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown key 'model.{name}': no network has that name{hint}")
+            raise ConfigError(
+                f"unknown key 'model.{name}': no network has that name; {closest(name, available)}"
+            )
 
 
 def network_spec(model: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> NetworkSpec:
@@ -122,20 +122,14 @@ def torchvision_body(
     weights_file: str | None,
 ) -> tuple[nn.Module, str]:
     """A torchvision classification model with its head replaced for `num_classes`."""
-    # Imported here: the networks of nets.py, and every stage but training, do without it.
+    # Imported here, not at the top: the networks of nets.py do without it (a second of start-up).
     from torchvision import models
 
     available = models.list_models(module=models)  # classification models only
     if name not in available:
-        close = difflib.get_close_matches(name, [*NETWORKS, *available], n=3, cutoff=0.5)
-        hint = (
-            f"did you mean {', '.join(close)}?"
-            if close
-            else "see `torchvision.models.list_models()`"
-        )
         raise ConfigError(
             f"model.name {name!r} is neither a network of model/nets.py ({', '.join(NETWORKS)}) "
-            f"nor a torchvision classification model: {hint}"
+            f"nor a torchvision classification model: {closest(name, available)}"
         )
     weights = pick_weights(models, name, pretrained)
     min_size = (
@@ -166,6 +160,12 @@ def torchvision_body(
             f"set data.image_size: [{size}, {size}]"
         )
     return body, head
+
+
+def closest(name: str, torchvision_names: list[str]) -> str:
+    """'did you mean ...?' with the nearest network names, for an error message."""
+    close = difflib.get_close_matches(name, [*NETWORKS, *torchvision_names], n=3, cutoff=0.5)
+    return f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
 
 
 def pick_weights(models: Any, name: str, pretrained: str) -> Any:
