@@ -145,3 +145,18 @@ def test_data_stages_import_neither_torch_nor_lightning():
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_evaluation_and_export_run_the_network_without_lightning():
+    code = (
+        "import mlt_project.eval, mlt_project.checkpoint, mlt_project.scripts.release, sys; "
+        "heavy = {'lightning', 'torchmetrics', 'torchvision'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr

@@ -20,12 +20,13 @@ import torchvision
 from PIL import Image
 
 from helpers import MODULE, REPO, env, run, set_params
+from mlt_project.checkpoint import load_network
 from mlt_project.config import Config, load_config
 from mlt_project.data.preprocess import preprocess
 from mlt_project.data.store import read_split, split_path
 from mlt_project.errors import PipelineError
 from mlt_project.eval import evaluate
-from mlt_project.factories import create_model, load_network
+from mlt_project.factories import create_model
 from mlt_project.model.augment import BatchAugment
 from mlt_project.model.classifier import make_scheduler
 from mlt_project.train import train
@@ -407,3 +408,35 @@ def test_resume_is_exact_with_augmentation_a_schedule_and_a_cnn(project_copy):
     assert actual.keys() == expected.keys()
     for name, tensor in expected.items():
         assert torch.equal(actual[name], tensor), f"{name} differs from the uninterrupted run"
+
+
+def test_the_evaluation_report_agrees_with_torchmetrics():
+    """eval.py computes precision/recall/F1 from a confusion matrix in plain torch (no
+    torchmetrics import: it pulls in torchvision and torch._dynamo, seconds of start-up)."""
+    from torchmetrics.functional.classification import (
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    from mlt_project.eval import classification_report
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 5, (300,))
+    logits = torch.randn(300, 6)  # class 5 is predicted but never true: a 0/0 recall
+    logits[labels == 2, 2] += 3  # class 2 is easy
+    names = [f"c{i}" for i in range(6)]
+    report = classification_report(logits, labels, names)
+    preds = logits.argmax(1)
+    expected = {
+        "precision": multiclass_precision(preds, labels, 6, average=None, zero_division=0),
+        "recall": multiclass_recall(preds, labels, 6, average=None, zero_division=0),
+        "f1": multiclass_f1_score(preds, labels, 6, average=None, zero_division=0),
+    }
+    for metric, values in expected.items():
+        got = [report["per_class"][name][metric] for name in names]
+        np.testing.assert_allclose(got, values.numpy(), atol=1e-6, err_msg=metric)
+    assert [report["per_class"][n]["support"] for n in names] == torch.bincount(
+        labels, minlength=6
+    ).tolist()
+    assert report["accuracy"] == pytest.approx(float((preds == labels).float().mean()), abs=1e-6)

@@ -27,7 +27,7 @@ SHAPE = (1, 8, 8)
 
 
 class Pixels(torch.nn.Module):
-    """What load_model returns: uint8 (N, C, H, W) in, logits out."""
+    """What checkpoint.load_network returns: uint8 (N, C, H, W) in, logits out."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,6 +1,9 @@
-"""Evaluate the trained model on the test split: metrics JSON and a confusion-matrix plot.
+"""Evaluate the trained network on the test split: metrics JSON and a confusion-matrix plot.
 
 python -m mlt_project.eval [--params params.yaml]
+
+Plain PyTorch, no Lightning: the network comes from the checkpoint (checkpoint.py) and the test
+split is read row group by row group, so memory holds a row group, not the split.
 """
 
 from __future__ import annotations
@@ -12,15 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import (
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
+from .checkpoint import load_network
 from .config import PARAMS_FILE, Config, load_config
+from .data.store import open_split, read_row_group, split_info, split_path
 from .errors import run_main
-from .factories import create_datamodule, create_trainer, load_model
 from .files import atomic_output
 from .logs import setup_logger
 
@@ -28,15 +27,17 @@ from .logs import setup_logger
 def classification_report(
     logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]
 ) -> dict[str, object]:
-    """Loss, accuracy and per-class precision/recall/F1/support."""
+    """Loss, accuracy and per-class precision/recall/F1/support (0 where a ratio is 0/0)."""
     preds = logits.argmax(dim=1)
     n = len(class_names)
-    per_metric = {
-        "precision": multiclass_precision(preds, labels, n, average=None, zero_division=0),
-        "recall": multiclass_recall(preds, labels, n, average=None, zero_division=0),
-        "f1": multiclass_f1_score(preds, labels, n, average=None, zero_division=0),
-    }
-    support = torch.bincount(labels, minlength=n)
+    # confusion[actual, predicted]
+    confusion = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n).double()
+    hits, support, predicted = confusion.diag(), confusion.sum(dim=1), confusion.sum(dim=0)
+    precision = torch.where(predicted > 0, hits / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, hits / support.clamp(min=1), 0.0)
+    both = precision + recall
+    f1 = torch.where(both > 0, 2 * precision * recall / both.clamp(min=1e-12), 0.0)
+    per_metric = {"precision": precision, "recall": recall, "f1": f1}
     per_class = {
         name: {metric: round(float(values[i]), 6) for metric, values in per_metric.items()}
         | {"support": int(support[i])}
@@ -50,16 +51,38 @@ def classification_report(
     }
 
 
+def device_for(cfg: Config) -> torch.device:
+    """The GPU when training.accelerator allows one and there is one, else the CPU."""
+    wants_gpu = cfg.training.accelerator in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def predict_split(
+    net: torch.nn.Module, path: Path, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Logits (float32, on the CPU) and labels for every row of a split, in file order."""
+    parquet = open_split(path)
+    shape, class_names = split_info(parquet, path)
+    net = net.to(device)
+    logits, labels = [], []
+    with torch.inference_mode():
+        for group in range(parquet.num_row_groups):
+            images, group_labels = read_row_group(parquet, group, shape)
+            for start in range(0, len(group_labels), batch_size):
+                batch = torch.from_numpy(images[start : start + batch_size].copy())  # writable
+                logits.append(net(batch.to(device)).float().cpu())
+            labels.append(torch.tensor(group_labels))
+    return torch.cat(logits), torch.cat(labels), class_names
+
+
 def evaluate(cfg: Config) -> dict[str, object]:
     """Write paths.metrics and paths.plots for the checkpoint at paths.model; return the metrics."""
     log = setup_logger()
-    model = load_model(cfg)
-    datamodule = create_datamodule(cfg)
-    # One process: under DDP each rank would predict only its share of the test set.
-    trainer = create_trainer(cfg, logger=False, devices=1, num_nodes=1)
-    logits = torch.cat(trainer.predict(model, datamodule=datamodule))
-    labels = datamodule.datasets["test"].labels
-    class_names = datamodule.class_names
+    net = load_network(cfg)
+    test = split_path(cfg.paths.processed, "test")
+    logits, labels, class_names = predict_split(
+        net, test, cfg.evaluation.batch_size, device_for(cfg)
+    )
     results = classification_report(logits, labels, class_names)
 
     with atomic_output(cfg.paths.metrics) as tmp:

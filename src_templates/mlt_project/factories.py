@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,10 +14,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from .config import Config
 from .data.datamodule import ImageDataModule
 from .distributed import require_rendezvous
-from .errors import PipelineError
-from .model import ImageClassifier, build_network, network_spec
-from .model.network import check_sections
-from .resume import read_checkpoint
+from .model.classifier import ImageClassifier
+from .model.network import build_network, check_sections, network_spec
 
 # Batches come from in-memory tensors, so worker processes would only add start-up time.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -63,53 +60,6 @@ def create_model(cfg: Config) -> ImageClassifier:
         augment=dataclasses.asdict(cfg.augment),
         freeze_backbone_epochs=cfg.model.freeze_backbone_epochs,
     )
-
-
-def load_model(cfg: Config, checkpoint: str | Path | None = None) -> ImageClassifier:
-    """The trained model, whichever network it was trained with; fail if its input shape or
-    classes no longer match params.yaml."""
-    path = Path(checkpoint or cfg.paths.model)
-    if not path.is_file():
-        raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
-    saved = read_checkpoint(
-        path
-    )  # a clear error for a file that is no checkpoint, or a too new one
-    hparams = dict(saved.get("hyper_parameters", {}))
-    spec = hparams.get("network")
-    if spec is None:
-        raise PipelineError(
-            f"{path} was written by an older template and does not say which network it holds: "
-            "retrain with `dvc repro`"
-        )
-    trained = (tuple(spec["input_shape"]), spec["num_classes"])
-    expected = (cfg.data.input_shape, cfg.data.num_classes)
-    for key, was, now in zip(("input_shape", "num_classes"), trained, expected, strict=True):
-        if was != now:
-            raise PipelineError(
-                f"{path} was trained with {key} {was} but params.yaml gives {now}: "
-                "retrain with `dvc repro` or restore the params it was trained with"
-            )
-    # The architecture from the checkpoint's spec, its weights from the checkpoint: never a
-    # download, whatever model.pretrained says.
-    model = ImageClassifier(net=build_network(spec), **hparams)
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError as error:
-        # A state_dict that does not fit the network (its code changed since training).
-        detail = next(
-            (line.strip() for line in str(error).splitlines() if "size mismatch" in line),
-            str(error).strip().splitlines()[-1],
-        )
-        raise PipelineError(
-            f"{path} does not fit the {spec['name']} network as the code builds it now "
-            f"({detail}): retrain with `dvc repro`, or restore the model code it was trained with"
-        ) from None
-    return model.eval()
-
-
-def load_network(cfg: Config, checkpoint: str | Path | None = None) -> torch.nn.Module:
-    """The trained network alone (pixels in, logits out), for export and inference."""
-    return load_model(cfg, checkpoint).net.eval()
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

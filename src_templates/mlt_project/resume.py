@@ -26,19 +26,18 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from .checkpoint import CHECKPOINT_FORMAT, FORMAT_KEY, read_checkpoint
 from .config import Config
 from .data.store import SPLITS, split_path
 from .errors import Interrupted, PipelineError
 from .files import atomic_output, sha256_file
 
-# Bump when a checkpoint's contents change incompatibly; readers refuse a newer format.
-CHECKPOINT_FORMAT = 2  # 2: the network's spec in hyper_parameters['network']
-FORMAT_KEY = "ml_template"  # not the module name: bootstrap would rename it
 RESUME_FILE = "last.ckpt"
 # The code that decides what training computes, relative to the package: the train stage in
 # dvc.yaml lists the same files (a test keeps the two in step), so DVC retrains exactly when a
 # resume checkpoint stops fitting.
 TRAINING_CODE = (
+    "checkpoint.py",
     "config.py",
     "data/datamodule.py",
     "data/resumable.py",
@@ -77,30 +76,6 @@ def run_fingerprint(cfg: Config) -> str:
         "code": {path.relative_to(package).as_posix(): sha256_file(path) for path in code},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents on the CPU; PipelineError if it is not one or is too new."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # any unpickling failure means the same to a user
-        raise PipelineError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}): delete it and retrain "
-            "with `dvc repro`"
-        ) from None
-    check_format(checkpoint, path)
-    return checkpoint
-
-
-def check_format(checkpoint: dict[str, Any], path: Path) -> None:
-    """Refuse a checkpoint written by a newer template, whose contents this code may misread."""
-    written = checkpoint.get(FORMAT_KEY, {}).get("format", 0)
-    if written > CHECKPOINT_FORMAT:
-        raise PipelineError(
-            f"{path} was written by a newer template (checkpoint format {written}; this project "
-            f"reads up to {CHECKPOINT_FORMAT}): update the project with "
-            "`python3 .ml-aws-template/bootstrap.py --update`, or retrain with `dvc repro`"
-        )
 
 
 def find_resume(cfg: Config, fingerprint: str) -> Path | None:

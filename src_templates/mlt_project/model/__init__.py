@@ -1,4 +1,4 @@
-from .classifier import ImageClassifier
-from .network import Network, build_network, network_spec
+"""Networks (nets.py, network.py), augmentation (augment.py) and the LightningModule (classifier.py).
 
-__all__ = ["ImageClassifier", "Network", "build_network", "network_spec"]
+Nothing is imported here: evaluation and export load networks without importing Lightning.
+"""

@@ -1,7 +1,7 @@
 """The LightningModule: loss, metrics, optimizer, schedule and augmentation around a network.
 
 The network itself is built by model/network.py and passed in; the hyperparameters keep its spec,
-so `factories.load_model` rebuilds whichever network a checkpoint was trained with.
+so `checkpoint.load_network` rebuilds whichever network a checkpoint was trained with.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import load_network
 from ..config import PARAMS_FILE, Config, load_config
 from ..data.store import read_split, split_path
 from ..errors import PipelineError, run_main
-from ..factories import load_network
 from ..files import atomic_output
 from ..logs import setup_logger
 from ..onnx_export import check_parity, export_onnx, run_torch

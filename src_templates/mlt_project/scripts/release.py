@@ -23,11 +23,11 @@ from typing import Any
 import yaml
 
 from .. import PROJECT_NAME
+from ..checkpoint import load_network
 from ..config import PARAMS_FILE, Config, load_config
 from ..data.store import read_split, split_path
 from ..env import load_env, require_env
 from ..errors import PipelineError, run_main
-from ..factories import load_network
 from ..files import atomic_output, sha256_file
 from ..logs import setup_logger
 from ..onnx_export import MAX_INLINE_BYTES, check_parity, onnx_files, staged_export

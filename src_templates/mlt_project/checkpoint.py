@@ -1,0 +1,95 @@
+"""Checkpoint I/O without Lightning: read a checkpoint, check its format, rebuild its network.
+
+Evaluation, export and the release read trained networks through here, so none of them has to
+import Lightning (seconds of start-up) to run a network that is plain PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .errors import PipelineError
+from .model.network import Network, build_network
+
+# Bump when a checkpoint's contents change incompatibly; readers refuse a newer format.
+# 2: the network's spec in hyper_parameters["network"].
+CHECKPOINT_FORMAT = 2
+FORMAT_KEY = "ml_template"  # not the module name: bootstrap would rename it
+NET_PREFIX = "net."  # the network's weights inside the LightningModule's state_dict
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU; PipelineError if it is not one or is too new."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # any unpickling failure means the same to a user
+        raise PipelineError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}): delete it and retrain "
+            "with `dvc repro`"
+        ) from None
+    check_format(checkpoint, path)
+    return checkpoint
+
+
+def check_format(checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint written by a newer template, whose contents this code may misread."""
+    written = checkpoint.get(FORMAT_KEY, {}).get("format", 0)
+    if written > CHECKPOINT_FORMAT:
+        raise PipelineError(
+            f"{path} was written by a newer template (checkpoint format {written}; this project "
+            f"reads up to {CHECKPOINT_FORMAT}): update the project with "
+            "`python3 .ml-aws-template/bootstrap.py --update`, or retrain with `dvc repro`"
+        )
+
+
+def trained_spec(cfg: Config, saved: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The network spec a checkpoint was trained with; it must fit params.yaml's data."""
+    spec = saved.get("hyper_parameters", {}).get("network")
+    if spec is None:
+        raise PipelineError(
+            f"{path} was written by an older template and does not say which network it holds: "
+            "retrain with `dvc repro`"
+        )
+    trained = (tuple(spec["input_shape"]), spec["num_classes"])
+    expected = (cfg.data.input_shape, cfg.data.num_classes)
+    for key, was, now in zip(("input_shape", "num_classes"), trained, expected, strict=True):
+        if was != now:
+            raise PipelineError(
+                f"{path} was trained with {key} {was} but params.yaml gives {now}: "
+                "retrain with `dvc repro` or restore the params it was trained with"
+            )
+    return spec
+
+
+def load_network(cfg: Config, checkpoint: str | Path | None = None) -> Network:
+    """The trained network (uint8 pixels in, logits out), in eval mode, whichever it is."""
+    path = Path(checkpoint or cfg.paths.model)
+    if not path.is_file():
+        raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
+    saved = read_checkpoint(path)
+    spec = trained_spec(cfg, saved, path)
+    # The architecture from the checkpoint's spec, its weights from the checkpoint: never a
+    # download, whatever model.pretrained says.
+    net = build_network(spec)
+    weights = {
+        key.removeprefix(NET_PREFIX): value
+        for key, value in saved["state_dict"].items()
+        if key.startswith(NET_PREFIX)
+    }
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as error:
+        # A state_dict that does not fit the network (its code changed since training).
+        detail = next(
+            (line.strip() for line in str(error).splitlines() if "size mismatch" in line),
+            str(error).strip().splitlines()[-1],
+        )
+        raise PipelineError(
+            f"{path} does not fit the {spec['name']} network as the code builds it now "
+            f"({detail}): retrain with `dvc repro`, or restore the model code it was trained with"
+        ) from None
+    return net.eval()
