@@ -142,7 +142,7 @@ CASES = [
     Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
     Case("disk full: metrics", "eval", disk_full("evaluation_results.json"), "no space left on the device while writing evaluation_results.json"),
     Case("checkpoint from a newer template", "eval", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 2)"),
-    Case("checkpoint of another shape", "eval", edit_checkpoint(other_shape), "does not fit the mlp network as the code builds it now (size mismatch for net.body.layers.1.weight"),
+    Case("checkpoint of another shape", "eval", edit_checkpoint(other_shape), "does not fit the mlp network as the code builds it now (size mismatch for body.layers.1.weight"),
     Case("release: bad version", "scripts.release", no_setup, "release version 'v 1' is not usable", ("export-onnx", "--version", "v 1")),
     Case("release: not evaluated", "scripts.release", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`", ("export-onnx",)),
     Case("predict: no released model", "predict", no_setup, "releases/model_info.json not found", ("data/raw/3",)),
