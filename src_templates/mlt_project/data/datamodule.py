@@ -92,8 +92,11 @@ class ParquetBatches(IterableDataset):
 
     def __len__(self) -> int:
         """Batches per epoch (per process under DDP): what progress bars count to."""
-        world = torch.distributed.get_world_size() if _distributed() else 1
-        return sum(-(-rows // self.batch_size) for rows in self.group_rows) // world
+        return self.batches(torch.distributed.get_world_size() if _distributed() else 1)
+
+    def batches(self, world_size: int) -> int:
+        """Batches each of `world_size` processes reads per epoch."""
+        return sum(-(-rows // self.batch_size) for rows in self.group_rows) // world_size
 
     def __iter__(self) -> Iterator[Batch]:
         rank, world = (
@@ -232,8 +235,7 @@ class ImageDataModule(L.LightningDataModule):
         """Training batches each process takes per epoch (after setup("fit"))."""
         dataset = self.datasets["train"]
         if isinstance(dataset, ParquetBatches):
-            groups = sum(-(-rows // self.batch_size) for rows in dataset.group_rows)
-            return groups // world_size
+            return dataset.batches(world_size)
         # Under DDP, Lightning's DistributedSampler gives each process ceil(n / world) rows.
         return math.ceil(math.ceil(dataset.num_rows / world_size) / self.batch_size)
 
