@@ -85,10 +85,8 @@ class BatchAugment(nn.Module):
         factors = [_uniform(n, 1 - strength, 1 + strength, x).view(n, 1, 1, 1) for _ in range(3)]
         brightness, contrast, saturation = factors
         x = x * brightness
-        gray = x.mean(dim=1, keepdim=True)  # per pixel; its image mean anchors the contrast
-        x = (x - gray.mean(dim=(2, 3), keepdim=True)) * contrast + gray.mean(
-            dim=(2, 3), keepdim=True
-        )
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)  # each image's mean gray: contrast's anchor
+        x = (x - mean) * contrast + mean
         if x.shape[1] == 3:
             gray = x.mean(dim=1, keepdim=True)
             x = gray + (x - gray) * saturation
