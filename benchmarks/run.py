@@ -143,15 +143,21 @@ def write_synthetic(
     return total
 
 
-def write_pngs(raw: Path, count: int, size: int, classes: int = 10) -> None:
+def write_pngs(raw: Path, count: int, size: int, classes: int = 10, coarse: bool = False) -> None:
+    """RGB PNGs at `size`: noise (decoding is real work), or with `coarse` 16x16 noise upscaled
+    and lightly compressed (quick to write and read, for memory figures)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for i in range(count):
         folder = raw / str(i % classes)
         folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:06d}.png")
+        side = 16 if coarse else size
+        image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        if coarse:
+            image.resize((size, size)).save(folder / f"{i:06d}.png", compress_level=1)
+        else:
+            image.save(folder / f"{i:06d}.png")
 
 
 # ---------------------------------------------------------------- P1: training loop
@@ -488,7 +494,7 @@ def p3m(root: Path, tmp: Path, log: Path, count: int = 4000) -> dict:
     out = {}
     for size in (64, 128, 224):
         raw = tmp / f"rss-{size}"
-        write_photos(raw, count, size)
+        write_pngs(raw, count, size, coarse=True)
         cfg = base_config(
             root, tmp / f"p3m-{size}", data={"image_size": [size, size], "channels": 3}
         )
@@ -507,18 +513,6 @@ def p3m(root: Path, tmp: Path, log: Path, count: int = 4000) -> dict:
         out[str(size)] = json.loads(result.stdout.strip().splitlines()[-1])
         shutil.rmtree(raw)
     return out
-
-
-def write_photos(raw: Path, count: int, size: int, classes: int = 10) -> None:
-    """RGB PNGs at `size` with some texture (coarse noise, upscaled): quick to write and read."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        folder = raw / str(i % classes)
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-        Image.fromarray(pixels).resize((size, size)).save(folder / f"{i:06d}.png", compress_level=1)
 
 
 def rssprobe(cfg_file: Path) -> None:
