@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import MODULE, env, make_host, run
+from helpers import MODULE, env, make_host, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -176,6 +176,38 @@ def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy):
         PYTHONPATH=str(project_copy / "src"),
     )
     assert f"step {saved['global_step']}" in result.stderr
+    assert_same_weights(model, expected)
+
+
+def test_streamed_training_killed_mid_epoch_resumes_exactly(project_copy):
+    """The streamed loader (row groups read by 2 persistent workers) resumes as the in-memory one
+    does: the same weights as an uninterrupted streamed run, bit for bit."""
+    set_params(
+        project_copy,
+        runtime__streaming=True,
+        runtime__loader_workers=2,
+        runtime__checkpoint_every_n_steps=7,  # 20 steps per epoch: mid-epoch checkpoints
+    )
+    model, resume = (
+        project_copy / "models" / "model.ckpt",
+        project_copy / "checkpoints" / "last.ckpt",
+    )
+    train = [sys.executable, "-m", f"{MODULE}.train"]
+    run(*train, cwd=project_copy, PYTHONPATH=str(project_copy / "src"))
+    expected = weights(model)  # streaming reads in another order than the fixture's run
+    model.unlink()
+
+    training = start(train, project_copy)
+    wait_for(resume, training)
+    time.sleep(random.uniform(0.0, 0.5))
+    training.kill()  # the DataLoader workers notice their parent is gone and exit
+    training.communicate()
+    assert training.returncode == -signal.SIGKILL, "training finished before the kill"
+    step = torch.load(resume, map_location="cpu", weights_only=False)["global_step"]
+    result = run(*train, cwd=project_copy, PYTHONPATH=str(project_copy / "src"))
+    assert f"step {step}" in result.stderr
+    if step % 20:  # stopped inside an epoch: its batches are read again and skipped
+        assert "resuming streamed epoch" in result.stderr
     assert_same_weights(model, expected)
 
 
