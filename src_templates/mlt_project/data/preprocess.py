@@ -9,13 +9,13 @@ on the file list and `data.seed`, so reruns give identical files.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
-import itertools
 import logging
 import os
 import re
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,9 @@ LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
 ORIENTATION = 0x0112  # the EXIF tag
 SAMPLE_HINT = "run `python -m mlt_project.data.sample_data` for the sample digits"
 
-BLOCK = 64  # images per worker task: few, larger messages through the pipe
+# Decoded bytes per worker task: few, larger messages through the pipe, whatever the image size.
+BLOCK_BYTES = 2 * 2**20
+IN_FLIGHT = 2  # blocks submitted ahead per worker
 IMAGES_PER_WORKER = 1000
 
 log = logging.getLogger(__name__)
@@ -128,27 +130,34 @@ def row_groups(
     labels: np.ndarray,
     data: DataConfig,
     pool: ProcessPoolExecutor | None,
+    workers: int,
     group_rows: int,
     skipped: list[Path],
     progress: tqdm,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Decode `files` into (images, labels) chunks of one Parquet row group each, in order.
 
-    In `pool`'s workers when there is one: each worker decodes blocks of BLOCK images and sends
-    back one array per block, and only one row group's blocks are in flight at a time, so memory
-    holds about two row groups (the one being written, the one being decoded).
+    In `pool`'s workers when there is one, a block of images per task (about BLOCK_BYTES
+    decoded). Only a few blocks are in flight at a time, so memory holds the row group being
+    filled, the blocks in flight and the one being written; the workers decode the next row
+    group's blocks while this process writes.
     """
-    for start in range(0, len(files), group_rows):
+    block_rows = max(1, min(group_rows, BLOCK_BYTES // int(np.prod(data.input_shape))))
+    starts = range(0, len(files), group_rows)
+    blocks = [
+        files[i : i + block_rows]
+        for start in starts
+        for i in range(start, min(start + group_rows, len(files)), block_rows)
+    ]
+    decoded = decode_blocks(blocks, data, pool, workers)
+    for start in starts:
         chunk = files[start : start + group_rows]
-        blocks = [chunk[i : i + BLOCK] for i in range(0, len(chunk), BLOCK)]
-        if pool is None:
-            decoded = (decode_block(block, data) for block in blocks)
-        else:
-            decoded = pool.map(decode_block, blocks, itertools.repeat(data))
         batch = np.empty((len(chunk), *data.input_shape), dtype=np.uint8)
         kept = np.ones(len(chunk), dtype=bool)
         row = 0
-        for block, (images, bad) in zip(blocks, decoded, strict=True):
+        while row < len(chunk):
+            images, bad = next(decoded)
+            block = chunk[row : row + len(images) + len(bad)]
             if bad:
                 skipped += bad
                 kept[row : row + len(block)] = [path not in bad for path in block]
@@ -157,6 +166,24 @@ def row_groups(
             progress.update(len(block))
         chunk_labels = labels[start : start + group_rows]
         yield (batch, chunk_labels) if kept.all() else (batch[kept], chunk_labels[kept])
+
+
+def decode_blocks(
+    blocks: list[list[Path]], data: DataConfig, pool: ProcessPoolExecutor | None, workers: int
+) -> Iterator[tuple[np.ndarray, list[Path]]]:
+    """decode_block of each block, in order; with a pool, at most IN_FLIGHT blocks per worker
+    submitted ahead (pool.map would submit them all, and their results would pile up)."""
+    if pool is None:
+        yield from (decode_block(block, data) for block in blocks)
+        return
+    pending: collections.deque[Future] = collections.deque()
+    window = IN_FLIGHT * workers
+    for block in blocks:
+        pending.append(pool.submit(decode_block, block, data))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def resolve_workers(workers: int | str, images: int) -> int:
@@ -219,7 +246,7 @@ def preprocess(cfg: Config) -> dict[str, int]:
     ):
         for split, indices in splits.items():
             chunks = row_groups(
-                [files[i] for i in indices], labels[indices], cfg.data, pool, group_rows,
+                [files[i] for i in indices], labels[indices], cfg.data, pool, workers, group_rows,
                 skipped, progress,
             )  # fmt: skip
             path = split_path(out_dir, split)

@@ -27,6 +27,7 @@ SPLITS = ("train", "val", "test")
 FORMAT = 2
 # Bytes of pixels per row group: what a reader or writer holds at a time, per thread or worker.
 ROW_GROUP_BYTES = 32 * 2**20
+PAGE_BYTES = 2**20
 READ_THREADS = 4
 RERUN = "rerun `dvc repro -f preprocess`"
 
@@ -67,9 +68,17 @@ def write_chunks(
         metadata=metadata,
     )
     rows = 0
-    # Pixels uncompressed and never dictionary-encoded: decoded images barely compress, and
-    # decompressing them would cost every epoch of a streamed read.
-    options = {"compression": {"image": "none", "label": "snappy"}, "use_dictionary": ["label"]}
+    options = {
+        # Pixels uncompressed and never dictionary-encoded: decoded images barely compress, and
+        # decompressing them would cost every epoch of a streamed read.
+        "compression": {"image": "none", "label": "snappy"},
+        "use_dictionary": ["label"],
+        # Pages of ~PAGE_BYTES: the writer encodes this many rows before it checks a page's size,
+        # and by default (1,024 rows) a page, and its copies, held the whole row group.
+        "write_batch_size": max(1, PAGE_BYTES // size),
+        # Min/max of the pixels would store two whole images per page, and filter nothing.
+        "write_statistics": ["label"],
+    }
     with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
         for images, labels in chunks:
             pixels = np.ascontiguousarray(images, dtype=np.uint8)

@@ -6,24 +6,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mlt_project.data import preprocess as stage
 from mlt_project.data.preprocess import find_images, load_image, preprocess, resolve_workers
 from mlt_project.data.store import SPLITS, read_split, split_path
 from mlt_project.errors import PipelineError
 
 
-def test_worker_processes_write_the_same_splits_as_one_process(processed, tmp_path):
-    cfg = processed  # preprocessed with runtime.preprocess_workers from params.yaml (auto)
-    serial = tmp_path / "serial"
-    preprocess(
-        dataclasses.replace(
-            cfg,
-            paths=dataclasses.replace(cfg.paths, processed=str(serial)),
-            runtime=dataclasses.replace(cfg.runtime, preprocess_workers=1),
+def test_worker_processes_write_the_same_splits_as_one_process(processed, tmp_path, monkeypatch):
+    # Row groups of 4 images decoded in blocks of 2, one image unreadable: the pool's path through
+    # blocks, row groups and skipped files gives the same bytes as one process.
+    (Path(processed.paths.raw) / "circle" / "3.png").write_bytes(b"not a png")
+    image_bytes = int(np.prod(processed.data.input_shape))
+    monkeypatch.setattr(stage, "rows_per_group", lambda shape: 4)
+    monkeypatch.setattr(stage, "BLOCK_BYTES", 2 * image_bytes)
+    written = {}
+    for workers in (2, 1):
+        cfg = dataclasses.replace(
+            processed,
+            paths=dataclasses.replace(processed.paths, processed=str(tmp_path / str(workers))),
+            data=dataclasses.replace(processed.data, skip_corrupt=True),
+            runtime=dataclasses.replace(processed.runtime, preprocess_workers=workers),
         )
-    )
-    for split in SPLITS:
-        parallel_split = read_split(split_path(cfg.paths.processed, split))
-        serial_split = read_split(split_path(serial, split))
+        assert sum(preprocess(cfg).values()) == 29
+        written[workers] = [read_split(split_path(cfg.paths.processed, s)) for s in SPLITS]
+    for parallel_split, serial_split in zip(written[2], written[1], strict=True):
         for parallel_part, serial_part in zip(parallel_split, serial_split, strict=True):
             np.testing.assert_array_equal(parallel_part, serial_part)
 
