@@ -570,7 +570,7 @@ def test_batch_bad_input_is_one_line(aws, image_copy):
     assert "no AWS credentials found" in one_error_line(no_credentials)
 
 
-# --- the generated README's AWS setup -------------------------------------------------------
+# --- the project guide's AWS setup ---------------------------------------------------------
 
 
 def test_readme_gives_the_policies_in_aws_iam_and_all_aws_files_parse():
