@@ -52,7 +52,7 @@ MANIFEST = (
 # marked block, appended to the host's own lines; --update merges only that block.
 SEED_FILES = {Path("README.md")}
 MERGED_FILES = {Path(".gitignore"), Path(".dockerignore"), Path(".dvcignore")}
-BLOCK_BEGIN = b"# >>> ml-aws-template: bootstrap.py --update keeps these lines; add yours outside\n"
+BLOCK_BEGIN = b"# >>> ml-aws-template: the template's lines, merged by bootstrap.py --update\n"
 BLOCK_END = b"# <<< ml-aws-template\n"
 BLOCK_RE = re.compile(
     rb"^# >>> ml-aws-template\b[^\n]*\n(.*?)^# <<< ml-aws-template\b[^\n]*(?:\n|\Z)",
@@ -380,12 +380,13 @@ def next_steps(module: str, torch: str) -> str:
     )
     return f"""
 Next steps:
+  git add -A && git commit -m "Bootstrap from ml-aws-template"
+  cp .env.example .env   # and fill it in, for S3, Docker and AWS Batch
   {lock}
   poetry run python -m {module}.data.sample_data   # or put images in data/raw/<class>/
   poetry run dvc repro
   poetry run pytest
-  git add -A && git commit -m "Bootstrap from ml-aws-template"   # --update wants a clean tree
-Read PROJECT.md (the project guide) for .env, the data, the layout and the release flow."""
+Read PROJECT.md (the project guide) for the data, the layout and the release flow."""
 
 
 # --- update, check, adopt ------------------------------------------------------------------
