@@ -670,7 +670,9 @@ def test_dry_run_with_changes_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()], ids=repr)
-@pytest.mark.parametrize("when", ["first", "at-overwrite", "after-overwrite", "last"])
+@pytest.mark.parametrize(
+    "when", ["first", "after-merge", "at-overwrite", "after-overwrite", "last"]
+)
 def test_failed_write_undoes_only_this_run(tmp_path, monkeypatch, capsys, error, when):
     target = tmp_path / "cats"
     (target / "tests").mkdir(parents=True)
@@ -679,15 +681,19 @@ def test_failed_write_undoes_only_this_run(tmp_path, monkeypatch, capsys, error,
     (target / "notes.txt").write_text("notes\n")
     (target / "params.yaml").write_bytes(b"mine: 1\n")
     (target / "params.yaml").chmod(0o600)
+    (target / ".gitignore").write_bytes(b"*.log\n")
+    (target / "README.md").write_bytes(b"# ours\n")
     before = snapshot(target, mtimes=False)
 
     # The order of writes, from the plan of a dry run.
     assert bake(target, "--torch", "cpu", "--force", "--dry-run") == 0
     plan = plan_of(capsys.readouterr().out)
-    writes = [path for path, action in plan.items() if action in ("create", "overwrite")]
+    writes = [path for path, action in plan.items() if action in ("create", "overwrite", "merged")]
+    assert (plan[".gitignore"], plan["README.md"]) == ("merged", "keep")
     overwrite_at = writes.index("params.yaml") + 1
     fail_at = {
         "first": 1,
+        "after-merge": writes.index(".gitignore") + 2,
         "at-overwrite": overwrite_at,
         "after-overwrite": overwrite_at + 1,
         "last": len(writes),
