@@ -48,9 +48,10 @@ MANIFEST = (
 )
 # Files a host repository has already, as a rule. Its README.md is its own: the template's (a
 # pointer to the project guide, PROJECT.md) is written only where there is none, never
-# overwritten, and --update leaves it alone. The ignore files get the template's lines in a
-# marked block, appended to the host's own lines; --update merges only that block.
-SEED_FILES = {Path("README.md")}
+# overwritten, and --update leaves it alone; so is a host's DVC config (the template's is empty:
+# it only makes .dvc/ a DVC repository). The ignore files get the template's lines in a marked
+# block, appended to the host's own lines; --update merges only that block.
+SEED_FILES = {Path("README.md"), Path(".dvc/config")}
 MERGED_FILES = {Path(".gitignore"), Path(".dockerignore"), Path(".dvcignore")}
 BLOCK_BEGIN = b"# >>> ml-aws-template: the template's lines, merged by bootstrap.py --update\n"
 BLOCK_END = b"# <<< ml-aws-template\n"
@@ -574,7 +575,7 @@ def merge_file(
 def update_plan(target: Path, values: dict[str, str], torch: str, old: str, new: str):
     """(path, outcome, note, listed) rows, and the writes that carry old -> new into target.
 
-    The host's own README.md is no part of it (see SEED_FILES).
+    The host's own README.md and .dvc/config are no part of it (see SEED_FILES).
     """
     before = render_version(values, torch, old)
     after = render_tree(values, torch)

@@ -510,6 +510,7 @@ def test_wrong_kind_of_path_is_an_error(tmp_path, capsys, make, message):
 
 HOST_README = "# Our repository\n\nWhat we do.\n"
 HOST_GITIGNORE = "notebooks/.ipynb_checkpoints\n*.log"  # no newline at the end
+HOST_DVC_CONFIG = "[core]\n    remote = storage\n['remote \"storage\"']\n    url = s3://ours\n"
 
 
 def test_host_readme_and_gitignore_do_not_block_the_bake(tmp_path, capsys):
@@ -518,10 +519,14 @@ def test_host_readme_and_gitignore_do_not_block_the_bake(tmp_path, capsys):
     (target / "README.md").write_text(HOST_README)
     (target / ".gitignore").write_text(HOST_GITIGNORE)
     (target / ".dockerignore").write_text("secrets/\n")
+    (target / ".dvc").mkdir()
+    (target / ".dvc" / "config").write_text(HOST_DVC_CONFIG)
     assert bake(target, "--torch", "cpu") == 0
     out = capsys.readouterr().out
     plan = plan_of(out)
     assert plan["README.md"] == "keep"
+    assert plan[".dvc/config"] == "keep"
+    assert (target / ".dvc" / "config").read_text() == HOST_DVC_CONFIG
     assert plan[".gitignore"] == "merged"
     assert plan[".dockerignore"] == "merged"
     assert plan["PROJECT.md"] == "create"
@@ -530,6 +535,7 @@ def test_host_readme_and_gitignore_do_not_block_the_bake(tmp_path, capsys):
     assert (target / "README.md").read_text() == HOST_README
     assert "See [PROJECT.md](PROJECT.md)" in out
     assert "Appended the template's lines to your .dockerignore, .gitignore" in out
+    assert "Kept your version" not in out  # only for --keep-existing
     template_lines = (ROOT / "template_configs" / "project" / "dot-gitignore").read_bytes()
     assert (target / ".gitignore").read_bytes() == (
         HOST_GITIGNORE.encode()
