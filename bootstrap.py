@@ -7,7 +7,7 @@ Run it from the host repository's root, where this template is a git submodule:
 
 After `git submodule update --remote`, carry the template's changes into the project:
 
-    python3 .ml-aws-template/bootstrap.py --update [--dry-run]   # three-way merge, keeps your edits
+    python3 .ml-aws-template/bootstrap.py --update [--dry-run] [--allow-dirty]   # keeps your edits
     python3 .ml-aws-template/bootstrap.py --check                # exit 1 while behind the template
     python3 .ml-aws-template/bootstrap.py --adopt VERSION        # record the commit baked from
 
@@ -43,7 +43,21 @@ TOKEN_RE = re.compile(rb"mlt[_-]project")
 MANIFEST = (
     ("template_configs/project", "."),
     ("template_configs/torch-{torch}", "."),
+    ("template_configs/host", "."),
     ("src_templates/mlt_project", "src/mlt_project"),
+)
+# Files a host repository has already, as a rule. Its README.md is its own: the template's (a
+# pointer to the project guide, PROJECT.md) is written only where there is none, never
+# overwritten, and --update leaves it alone; so is a host's DVC config (the template's is empty:
+# it only makes .dvc/ a DVC repository). The ignore files get the template's lines in a marked
+# block, appended to the host's own lines; --update merges only that block.
+SEED_FILES = {Path("README.md"), Path(".dvc/config")}
+MERGED_FILES = {Path(".gitignore"), Path(".dockerignore"), Path(".dvcignore")}
+BLOCK_BEGIN = b"# >>> ml-aws-template: the template's lines, merged by bootstrap.py --update\n"
+BLOCK_END = b"# <<< ml-aws-template\n"
+BLOCK_RE = re.compile(
+    rb"^# >>> ml-aws-template\b[^\n]*\n(.*?)^# <<< ml-aws-template\b[^\n]*(?:\n|\Z)",
+    re.DOTALL | re.MULTILINE,
 )
 TORCH_VARIANTS = ("cu128", "cpu")
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".DS_Store"}
@@ -108,7 +122,7 @@ class Planned:
     path: Path  # relative to the host root
     content: bytes
     mode: int
-    action: str  # create | skip | conflict | overwrite | keep | delete
+    action: str  # create | skip | conflict | overwrite | keep | merged | delete
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -180,11 +194,19 @@ def template_files(torch: str, tree: Path | None = None) -> list[tuple[Path, Pat
 def render_tree(
     values: dict[str, str], torch: str, tree: Path | None = None
 ) -> dict[Path, tuple[bytes, int]]:
-    """Render every template file; fail on an unused value or a placeholder left behind."""
+    """Render every template file; fail on an unused value, a placeholder left behind, or two
+    template files written to one destination."""
     used: set[str] = set()
     rendered: dict[Path, tuple[bytes, int]] = {}
+    sources: dict[Path, Path] = {}
     for source, dest in template_files(torch, tree):
         dest = Path(render(dest.as_posix().encode(), values, used).decode())
+        if dest in sources:
+            raise BootstrapError(
+                f"{sources[dest]} and {source} are both written to {dest}; "
+                "give each a destination of its own in MANIFEST"
+            )
+        sources[dest] = source
         content = render(source.read_bytes(), values, used)
         mode = 0o755 if source.stat().st_mode & 0o100 else 0o644
         rendered[dest] = (content, mode)
@@ -241,21 +263,50 @@ def check_kind(target: Path, path: Path) -> None:
         raise BootstrapError(f"{path} is a folder where the project writes a file; move it")
 
 
-def classify(target: Path, path: Path, content: bytes, force: bool, keep: bool) -> str:
-    existing = target / path
+def block_lines(content: bytes) -> bytes:
+    """The template's lines of an ignore file as the block holds them: ending in a newline."""
+    return content + b"\n" if content and not content.endswith(b"\n") else content
+
+
+def wrap_block(content: bytes) -> bytes:
+    """The template's lines of an ignore file between the block's markers."""
+    return BLOCK_BEGIN + block_lines(content) + BLOCK_END
+
+
+def lines_before_block(text: bytes) -> bytes:
+    """The host's own ignore file, and a blank line to set the template's block apart."""
+    return text + (b"" if not text else b"\n" if text.endswith(b"\n") else b"\n\n")
+
+
+def plan_file(target: Path, path: Path, content: bytes, mode: int, args) -> Planned:
+    """What baking does to one file: create, skip (identical), merged, keep or conflict."""
     check_kind(target, path)
+    existing = target / path
     if not existing.exists():
-        return "create"
-    if existing.read_bytes() == content:
-        return "skip"
-    return "overwrite" if force else "keep" if keep else "conflict"
+        return Planned(
+            path, wrap_block(content) if path in MERGED_FILES else content, mode, "create"
+        )
+    old = existing.read_bytes()
+    if old == content:
+        return Planned(path, content, mode, "skip")
+    differs = "overwrite" if args.force else "keep" if args.keep_existing else "conflict"
+    if path in SEED_FILES:
+        return Planned(path, content, mode, "keep")
+    if path not in MERGED_FILES:
+        return Planned(path, content, mode, differs)
+    own_mode = existing.stat().st_mode & 0o777
+    block = BLOCK_RE.search(old)
+    if block is None:
+        return Planned(path, lines_before_block(old) + wrap_block(content), own_mode, "merged")
+    if block.group(1) == block_lines(content):
+        return Planned(path, old, own_mode, "skip")
+    replaced = old[: block.start()] + wrap_block(content) + old[block.end() :]
+    return Planned(path, replaced, own_mode, differs)
 
 
 def make_plan(target: Path, rendered: dict[Path, tuple[bytes, int]], args) -> list[Planned]:
     return [
-        Planned(
-            path, content, mode, classify(target, path, content, args.force, args.keep_existing)
-        )
+        plan_file(target, path, content, mode, args)
         for path, (content, mode) in sorted(rendered.items())
     ]
 
@@ -292,13 +343,13 @@ def apply_plan(target: Path, plan: list[Planned]) -> None:
                 backups[dest] = (dest.read_bytes(), dest.stat().st_mode & 0o777)
                 dest.unlink()
                 continue
-            if item.action not in ("create", "overwrite"):
+            if item.action not in ("create", "overwrite", "merged"):
                 continue
             for parent in reversed(dest.parents):
                 if parent.is_relative_to(target) and not parent.exists():
                     parent.mkdir()
                     created_dirs.append(parent)
-            if item.action == "overwrite":
+            if item.action in ("overwrite", "merged"):
                 backups[dest] = (dest.read_bytes(), dest.stat().st_mode & 0o777)
             write_atomic(dest, item.content, item.mode)
             if item.action == "create":
@@ -330,11 +381,13 @@ def next_steps(module: str, torch: str) -> str:
     )
     return f"""
 Next steps:
+  git add -A && git commit -m "Bootstrap from ml-aws-template"
+  cp .env.example .env   # and fill it in, for S3, Docker and AWS Batch
   {lock}
   poetry run python -m {module}.data.sample_data   # or put images in data/raw/<class>/
   poetry run dvc repro
   poetry run pytest
-Read README.md for the layout, the params and the release flow."""
+Read PROJECT.md (the project guide) for the data, the layout and the release flow."""
 
 
 # --- update, check, adopt ------------------------------------------------------------------
@@ -348,6 +401,7 @@ ADOPT_HINT = (
     "project was baked from (git -C .ml-aws-template log --oneline)"
 )
 MARKER_RE = re.compile(rb"^(?:<{7}|>{7})(?: |$)", re.MULTILINE)
+DELETE = object()  # merge_part's result for a file the update deletes
 
 
 def read_record(target: Path) -> tuple[dict[str, str], str, str | None]:
@@ -412,61 +466,155 @@ def merge_text(
     return result.stdout, result.returncode == 0
 
 
+def merge_part(
+    ours: bytes | None, base: bytes | None, theirs: bytes | None, labels: tuple[str, ...]
+) -> tuple[str, str, bytes | object | None, bool]:
+    """(outcome, note, result, listed) for the template's part of a file: base = old render,
+    theirs = new render. result: the new content, DELETE, or None (no write). listed: the file
+    changes, or keeps a conflict, or misses a change the template made."""
+    if theirs is None:
+        if ours is None:
+            return "removed", "upstream; already gone", None, False
+        if ours == base:
+            return "removed", "upstream; deleted", DELETE, True
+        return "removed", "upstream; left in place: you changed it", None, True
+    if ours is None:
+        if base is None:
+            return "new", "", theirs, True
+        if base != theirs:
+            return "kept", "you deleted it; the template changed it", None, True
+        return "kept", "you deleted it", None, False
+    if ours == theirs:
+        return "unchanged", "", None, False
+    if base == theirs:
+        return "kept", "you changed it; the template did not", None, False
+    if ours == base:
+        return "updated", "", theirs, True
+    if MARKER_RE.search(ours):
+        note = "conflict markers left from an earlier update; resolve them"
+        return "conflict", note, None, True
+    merged = merge_text(ours, base or b"", theirs, labels)
+    if merged is None:
+        return "conflict", "git cannot merge it; merge it by hand", None, True
+    content, clean = merged
+    if clean and content == ours:
+        return "kept", "you changed it; it has the template's change already", None, False
+    if clean:
+        return "updated", "merged with your changes", content, True
+    return "conflict", "you both changed the same lines", content, True
+
+
+@dataclass(frozen=True)
+class Part:
+    """The template's part of a host file: all of it, or the marked block of an ignore file."""
+
+    ours: bytes | None  # its content in the host, None where there is none
+    before: bytes = b""  # the host's lines around it
+    after: bytes = b""
+    block: bool = False
+
+    def place(self, content: bytes | None) -> bytes:
+        """The whole file with `content` as the template's part (None: without one)."""
+        if content is None:
+            return self.before + self.after
+        return self.before + (wrap_block(content) if self.block else content) + self.after
+
+
+def template_part(text: bytes | None, path: Path, baked: bool) -> Part:
+    """The template's part of a host file (`text`, None where there is none).
+
+    An ignore file without the marked block was written whole by an older bootstrap (`baked`:
+    the old template had it), or is the host's own, which gets the block appended.
+    """
+    if path not in MERGED_FILES:
+        return Part(text)
+    if text is None:
+        return Part(None, block=True)
+    block = BLOCK_RE.search(text)
+    if block:
+        return Part(block.group(1), text[: block.start()], text[block.end() :], block=True)
+    if baked:
+        return Part(text)
+    return Part(None, lines_before_block(text), block=True)
+
+
 def merge_file(
     target: Path,
     path: Path,
     base: tuple[bytes, int] | None,
     theirs: tuple[bytes, int] | None,
     labels: tuple[str, ...],
-) -> tuple[str, str, Planned | None]:
-    """(outcome, note, write or None) for one file: base = old render, theirs = new render."""
+) -> tuple[str, str, Planned | None, bool]:
+    """(outcome, note, write or None, listed) for one file: base = old render, theirs = new.
+
+    `listed`: the update changes the file, or leaves out a change the template made to it.
+    """
     check_kind(target, path)
     current = target / path
-    ours = current.read_bytes() if current.exists() else None
-    if theirs is None:
-        if ours is None:
-            return "removed", "upstream; already gone", None
-        if base is not None and ours == base[0]:
-            return "removed", "upstream; deleted", Planned(path, b"", 0, "delete")
-        return "removed", "upstream; left in place: you changed it", None
-    if ours is None:
-        if base is None:
-            return "new", "", Planned(path, *theirs, "create")
-        changed = "; the template changed it" if base != theirs else ""
-        return "kept", f"you deleted it{changed}", None
+    text = current.read_bytes() if current.exists() else None
+    part = template_part(text, path, baked=base is not None)
+    lines = block_lines if path in MERGED_FILES else (lambda content: content)
+    old, new = (lines(side[0]) if side else None for side in (base, theirs))
+    outcome, note, result, listed = merge_part(part.ours, old, new, labels)
+    if result is None:
+        return outcome, note, None, listed
+    if result is DELETE:
+        rest = part.place(None)
+        if not rest.strip():
+            return outcome, note, Planned(path, b"", 0, "delete"), True
+        note = "upstream; its block taken out of your lines"
+        return outcome, note, Planned(path, rest, current.stat().st_mode & 0o777, "overwrite"), True
+    if text is None:
+        return outcome, note, Planned(path, part.place(result), theirs[1], "create"), True
     mode = current.stat().st_mode & 0o777
     if base is not None and base[1] != theirs[1]:
         mode = theirs[1]
-    if ours == theirs[0]:
-        return "unchanged", "", None
-    if base is not None and base[0] == theirs[0]:
-        return "kept", "you changed it; the template did not", None
-    if base is not None and ours == base[0]:
-        return "updated", "", Planned(path, theirs[0], mode, "overwrite")
-    if MARKER_RE.search(ours):
-        return "conflict", "conflict markers left from an earlier update; resolve them", None
-    merged = merge_text(ours, base[0] if base else b"", theirs[0], labels)
-    if merged is None:
-        return "conflict", "git cannot merge it; merge it by hand", None
-    content, clean = merged
-    if clean and content == ours:
-        return "kept", "you changed it; it has the template's change already", None
-    if clean:
-        return "updated", "merged with your changes", Planned(path, content, mode, "overwrite")
-    return "conflict", "you both changed the same lines", Planned(path, content, mode, "overwrite")
+    return outcome, note, Planned(path, part.place(result), mode, "overwrite"), True
 
 
 def update_plan(target: Path, values: dict[str, str], torch: str, old: str, new: str):
-    """Per file (path, outcome, note) rows, and the writes that carry old -> new into target."""
+    """(path, outcome, note, listed) rows, and the writes that carry old -> new into target.
+
+    The host's own README.md and .dvc/config are no part of it (see SEED_FILES).
+    """
     before = render_version(values, torch, old)
     after = render_tree(values, torch)
     labels = ("yours", f"template {old[:8]}", f"template {new[:8]}")
     rows, writes = [], []
-    for path in sorted(set(before) | set(after)):
-        outcome, note, write = merge_file(target, path, before.get(path), after.get(path), labels)
-        rows.append((path, outcome, note))
+    for path in sorted((set(before) | set(after)) - SEED_FILES):
+        outcome, note, write, listed = merge_file(
+            target, path, before.get(path), after.get(path), labels
+        )
+        rows.append((path, outcome, note, listed))
         writes += [write] if write else []
     return rows, writes
+
+
+def check_clean(target: Path) -> None:
+    """Refuse a host with uncommitted changes: git must hold what --update merges into, so
+    that `git diff` shows its changes and `git checkout` undoes them."""
+    pathspec = ["."]
+    if TEMPLATE_DIR.is_relative_to(target):
+        # A moved submodule is how an update starts, not a change of the user's.
+        pathspec.append(f":(exclude){TEMPLATE_DIR.relative_to(target).as_posix()}")
+    command = ["git", "-C", str(target), "status", "--porcelain", "--untracked-files=all"]
+    try:
+        result = subprocess.run([*command, "--", *pathspec], capture_output=True, text=True)
+    except OSError as error:
+        raise BootstrapError(
+            f"cannot run git ({error}); install git, or pass --allow-dirty"
+        ) from None
+    if result.returncode != 0:
+        raise BootstrapError(
+            f"{target} is not in a git repository, so an update could not be undone; commit "
+            "the project to git first, or pass --allow-dirty"
+        )
+    changed = [line[3:] for line in result.stdout.splitlines() if line.strip()]
+    if changed:
+        raise BootstrapError(
+            f"the project has uncommitted changes ({shorten(changed)}); commit or stash them "
+            "first, so that git shows and can undo what --update changes, or pass --allow-dirty"
+        )
 
 
 def run_update(args: argparse.Namespace, target: Path) -> int:
@@ -479,15 +627,20 @@ def run_update(args: argparse.Namespace, target: Path) -> int:
     new = version["template_version"]
     if not isinstance(new, str):
         raise BootstrapError(f"the template at {TEMPLATE_DIR} is not a git checkout; clone it")
+    if args.update and not args.dry_run and not args.allow_dirty:
+        check_clean(target)
     rows, writes = update_plan(target, values, torch, old, new)
-    conflicts = [path.as_posix() for path, outcome, _ in rows if outcome == "conflict"]
+    conflicts = [path.as_posix() for path, outcome, _, _ in rows if outcome == "conflict"]
     if args.check:
         changing = {w.path.as_posix() for w in writes} | set(conflicts)
         return report_check(old, new, [row for row in rows if row[0].as_posix() in changing])
     verb = "Would update" if args.dry_run else "Updating"
     name = values["project_name"]
     print(f"{verb} project {name!r} from template {old[:8]} to {new[:8]} in {target}")
-    print_rows(rows)
+    listed = [row for row in rows if row[3]]
+    print_rows(listed)
+    if len(listed) < len(rows):
+        print(f"  ({len(rows) - len(listed)} other file(s): nothing to do)")
     if args.dry_run:
         if conflicts:
             shown = f"{len(conflicts)} file(s) would conflict: {shorten(conflicts)}"
@@ -506,13 +659,13 @@ def run_update(args: argparse.Namespace, target: Path) -> int:
     return 0
 
 
-def report_check(old: str, new: str, changing: list[tuple[Path, str, str]]) -> int:
+def report_check(old: str, new: str, changing: list[tuple[Path, str, str, bool]]) -> int:
     """--check: exit 0 when the project is at the template's version with nothing to merge."""
     if old == new and not changing:
         print(f"Up to date with template {new[:8]}")
         return 0
     print(f"Project at template {old[:8]}, submodule at {new[:8]}; --update would change:")
-    print_rows(changing or [(Path(RECORD_FILE), "updated", "the recorded version only")])
+    print_rows(changing or [(Path(RECORD_FILE), "updated", "the recorded version only", True)])
     raise BootstrapError("the project is not at the template's version; run --update")
 
 
@@ -537,8 +690,8 @@ def run_adopt(args: argparse.Namespace, target: Path) -> int:
     return 0
 
 
-def print_rows(rows: list[tuple[Path, str, str]]) -> None:
-    for path, outcome, note in rows:
+def print_rows(rows: list[tuple[Path, str, str, bool]]) -> None:
+    for path, outcome, note, _ in rows:
         print(f"  {outcome:<9}  {path.as_posix()}" + (f"  ({note})" if note else ""))
 
 
@@ -573,9 +726,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="leave files that differ as they are and write the rest",
     )
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="--update even when the project has uncommitted changes",
+    )
     args = parser.parse_args(argv)
     if (args.update or args.check or args.adopt) and (args.force or args.keep_existing):
         parser.error("--force and --keep-existing apply to baking, not to --update/--check/--adopt")
+    if args.allow_dirty and not args.update:
+        parser.error("--allow-dirty applies to --update only")
     return args
 
 
@@ -621,11 +781,30 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     apply_plan(target, plan)
-    kept = [item.path.as_posix() for item in plan if item.action == "keep"]
-    if kept:
-        print(f"Kept your version of {', '.join(kept)}; compare it with the template's by hand.")
+    print_notes(target, plan)
     print(next_steps(values["module_name"], args.torch))
     return 0
+
+
+def print_notes(target: Path, plan: list[Planned]) -> None:
+    """What happened to the host's own files, after a bake."""
+    kept = [i.path.as_posix() for i in plan if i.action == "keep" and i.path not in SEED_FILES]
+    if kept:
+        print(f"Kept your version of {', '.join(kept)}; compare it with the template's by hand.")
+    merged = [item.path.as_posix() for item in plan if item.action == "merged"]
+    if merged:
+        print(
+            f"Appended the template's lines to your {', '.join(merged)} between "
+            "`# >>> ml-aws-template` and `# <<< ml-aws-template`; add your own lines outside."
+        )
+    readme = target / "README.md"
+    kept_readme = any(item.path == Path("README.md") and item.action == "keep" for item in plan)
+    if kept_readme and b"PROJECT.md" not in readme.read_bytes():
+        print(
+            "Left your README.md as it is; the project guide is PROJECT.md. To point readers at "
+            "it, add to your README.md a line such as:\n"
+            "  See [PROJECT.md](PROJECT.md) for training, data, releases and AWS."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,6 +135,7 @@ CASES = [
     Case("no checkpoint", "eval", remove("models/model.ckpt"), "no checkpoint at models/model.ckpt"),
     Case("bootstrap: bad name", "bootstrap", no_setup, "project name '1bad' is not usable", ("--name", "1bad")),
     Case("bootstrap: file changed", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "exist and differ: params.yaml; nothing was written", ("--torch", "cpu")),
+    Case("bootstrap: update of uncommitted changes", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "the project has uncommitted changes (", ("--update",)),
     Case("invalid class label", "data.preprocess", invalid_label, "class folder '7?' is not a valid label"),
     Case("split left empty", "data.preprocess", edit_params("  val_fraction: 0.15", "  val_fraction: 0.001"), "the val split is empty with 1797 images: raise data.val_fraction"),
     Case("disk full: Parquet", "data.preprocess", disk_full("data/processed/train.parquet"), "no space left on the device while writing data/processed/train.parquet"),

@@ -18,7 +18,79 @@ from helpers import one_bootstrap_error
 ROOT = Path(bootstrap.__file__).resolve().parent
 SCRIPT = ROOT / "bootstrap.py"
 TOKENS = (b"mlt_project", b"mlt-project")
-ACTIONS = {"create", "skip", "conflict", "overwrite", "keep"}
+ACTIONS = {"create", "skip", "conflict", "overwrite", "keep", "merged"}
+# Every file a bake writes with the default options (--torch cu128), written out by hand: a
+# template file added, moved or lost must show up here. {module} is the module name.
+EXPECTED_TREE = (
+    ".circleci/config.yml",
+    ".dockerignore",
+    ".dvc/.gitignore",
+    ".dvc/config",
+    ".dvcignore",
+    ".env.example",
+    ".gitignore",
+    ".ml-template.json",
+    "Dockerfile",
+    "PROJECT.md",
+    "README.md",
+    "aws/batch-job-multinode.json",
+    "aws/batch-job.json",
+    "aws/iam/ci-role-policy.json",
+    "aws/iam/ci-trust-policy.json",
+    "aws/iam/job-role-policy.json",
+    "aws/iam/job-trust-policy.json",
+    "docker/build_and_push.sh",
+    "docker/entrypoint.sh",
+    "dvc.yaml",
+    "params.yaml",
+    "poetry.toml",
+    "pyproject.toml",
+    "release/dvc.yaml",
+    "src/{module}/__init__.py",
+    "src/{module}/checkpoint.py",
+    "src/{module}/config.py",
+    "src/{module}/data/__init__.py",
+    "src/{module}/data/datamodule.py",
+    "src/{module}/data/preprocess.py",
+    "src/{module}/data/resumable.py",
+    "src/{module}/data/sample_data.py",
+    "src/{module}/data/store.py",
+    "src/{module}/distributed.py",
+    "src/{module}/env.py",
+    "src/{module}/errors.py",
+    "src/{module}/eval.py",
+    "src/{module}/factories.py",
+    "src/{module}/files.py",
+    "src/{module}/logs.py",
+    "src/{module}/model/__init__.py",
+    "src/{module}/model/augment.py",
+    "src/{module}/model/classifier.py",
+    "src/{module}/model/nets.py",
+    "src/{module}/model/network.py",
+    "src/{module}/onnx_export.py",
+    "src/{module}/onnx_runtime.py",
+    "src/{module}/predict.py",
+    "src/{module}/resume.py",
+    "src/{module}/scripts/__init__.py",
+    "src/{module}/scripts/batch.py",
+    "src/{module}/scripts/checkpoint_sync.py",
+    "src/{module}/scripts/dvc_remote.py",
+    "src/{module}/scripts/export_and_benchmark.py",
+    "src/{module}/scripts/gitrepo.py",
+    "src/{module}/scripts/register_model.py",
+    "src/{module}/scripts/release.py",
+    "src/{module}/scripts/s3.py",
+    "src/{module}/train.py",
+    "tests/conftest.py",
+    "tests/test_config.py",
+    "tests/test_datamodule.py",
+    "tests/test_model.py",
+    "tests/test_preprocess.py",
+    "tests/test_release.py",
+    "tests/test_train.py",
+)
+# What --torch cpu writes besides: the ready lock.
+CPU_EXTRA = ("poetry.lock",)
 
 
 @pytest.fixture(autouse=True)
@@ -94,12 +166,9 @@ def plan_of(out: str) -> dict[str, str]:
 
 
 def expected_files(torch: str, module: str) -> set[str]:
-    """The output tree predicted from the template tree alone, plus the record."""
-    predicted = {
-        dest.as_posix().replace("mlt_project", module)
-        for _, dest in bootstrap.template_files(torch)
-    }
-    return predicted | {bootstrap.RECORD_FILE}
+    """EXPECTED_TREE for a module name and a --torch variant."""
+    tree = {path.format(module=module) for path in EXPECTED_TREE}
+    return tree | set(CPU_EXTRA) if torch == "cpu" else tree
 
 
 def run_script(*args: str, cwd: Path, script: Path = SCRIPT) -> subprocess.CompletedProcess:
@@ -303,7 +372,9 @@ def test_dotfiles_are_renamed(tmp_path, fake_template, capsys):
         "notdot-x",
         bootstrap.RECORD_FILE,
     }
-    assert (target / ".gitignore").read_text() == "cats\n"
+    assert (
+        target / ".gitignore"
+    ).read_bytes() == bootstrap.BLOCK_BEGIN + b"cats\n" + bootstrap.BLOCK_END
 
 
 def test_ignored_names_are_not_rendered(tmp_path, fake_template, capsys):
@@ -435,6 +506,136 @@ def test_wrong_kind_of_path_is_an_error(tmp_path, capsys, make, message):
     assert snapshot(target) == before
 
 
+# --- the host's own files ------------------------------------------------------------------
+
+HOST_README = "# Our repository\n\nWhat we do.\n"
+HOST_GITIGNORE = "notebooks/.ipynb_checkpoints\n*.log"  # no newline at the end
+HOST_DVC_CONFIG = "[core]\n    remote = storage\n['remote \"storage\"']\n    url = s3://ours\n"
+
+
+def test_host_readme_and_gitignore_do_not_block_the_bake(tmp_path, capsys):
+    target = tmp_path / "cats"
+    target.mkdir()
+    (target / "README.md").write_text(HOST_README)
+    (target / ".gitignore").write_text(HOST_GITIGNORE)
+    (target / ".dockerignore").write_text("secrets/\n")
+    (target / ".dvc").mkdir()
+    (target / ".dvc" / "config").write_text(HOST_DVC_CONFIG)
+    assert bake(target, "--torch", "cpu") == 0
+    out = capsys.readouterr().out
+    plan = plan_of(out)
+    assert plan["README.md"] == "keep"
+    assert plan[".dvc/config"] == "keep"
+    assert (target / ".dvc" / "config").read_text() == HOST_DVC_CONFIG
+    assert plan[".gitignore"] == "merged"
+    assert plan[".dockerignore"] == "merged"
+    assert plan["PROJECT.md"] == "create"
+    assert set(plan.values()) == {"create", "keep", "merged"}
+    assert files_under(target) == expected_files("cpu", "cats")
+    assert (target / "README.md").read_text() == HOST_README
+    assert "See [PROJECT.md](PROJECT.md)" in out
+    assert "Appended the template's lines to your .dockerignore, .gitignore" in out
+    assert "Kept your version" not in out  # only for --keep-existing
+    template_lines = (ROOT / "template_configs" / "project" / "dot-gitignore").read_bytes()
+    assert (target / ".gitignore").read_bytes() == (
+        HOST_GITIGNORE.encode()
+        + b"\n\n"
+        + bootstrap.BLOCK_BEGIN
+        + template_lines
+        + bootstrap.BLOCK_END
+    )
+    assert "/data/raw/" in (target / ".gitignore").read_text().splitlines()
+    assert (target / "PROJECT.md").read_text().startswith("# cats\n")
+
+    # Idempotent: a second bake finds the block and the README, and writes nothing.
+    before = snapshot(target)
+    assert bake(target, "--torch", "cpu") == 0
+    plan = plan_of(capsys.readouterr().out)
+    assert set(plan.values()) == {"skip", "keep"}
+    assert plan["README.md"] == "keep"
+    assert snapshot(target) == before
+    # --force overwrites files that differ, never the host's README.
+    assert bake(target, "--torch", "cpu", "--force") == 0
+    assert plan_of(capsys.readouterr().out)["README.md"] == "keep"
+    assert snapshot(target) == before
+    # Once the README links the guide, the suggestion stops.
+    with (target / "README.md").open("a") as f:
+        f.write("\nSee [PROJECT.md](PROJECT.md).\n")
+    assert bake(target, "--torch", "cpu") == 0
+    assert "Left your README.md" not in capsys.readouterr().out
+
+
+def test_readme_without_one_points_at_the_guide(tmp_path, capsys):
+    target = tmp_path / "cats"
+    target.mkdir()
+    assert bake(target) == 0
+    readme = (target / "README.md").read_text()
+    assert readme.startswith("# cats\n") and "[PROJECT.md](PROJECT.md)" in readme
+    assert "Left your README.md" not in capsys.readouterr().out
+
+
+def test_changed_lines_in_the_block_are_a_conflict(tmp_path, capsys):
+    target = tmp_path / "cats"
+    target.mkdir()
+    assert bake(target, "--torch", "cpu") == 0
+    gitignore = target / ".gitignore"
+    mine = gitignore.read_text().replace("/data/raw/\n", "")
+    gitignore.write_text("mine\n" + mine + "also mine\n")
+    capsys.readouterr()
+    assert bake(target, "--torch", "cpu") == 1
+    out, err = capsys.readouterr()
+    assert plan_of(out)[".gitignore"] == "conflict"
+    assert "exist and differ: .gitignore" in one_bootstrap_error(err)
+    assert gitignore.read_text() == "mine\n" + mine + "also mine\n"
+
+    # --keep-existing leaves it; --force puts the template's lines back, the user's stay.
+    assert bake(target, "--torch", "cpu", "--keep-existing") == 0
+    assert plan_of(capsys.readouterr().out)[".gitignore"] == "keep"
+    assert gitignore.read_text() == "mine\n" + mine + "also mine\n"
+    assert bake(target, "--torch", "cpu", "--force") == 0
+    assert plan_of(capsys.readouterr().out)[".gitignore"] == "overwrite"
+    lines = gitignore.read_text().splitlines()
+    assert lines[0] == "mine" and lines[-1] == "also mine" and "/data/raw/" in lines
+
+
+def test_ignore_file_from_an_older_bootstrap_is_left_alone(tmp_path, capsys):
+    """An older bootstrap wrote .gitignore whole, without the block: identical is a skip."""
+    target = tmp_path / "cats"
+    target.mkdir()
+    whole = (ROOT / "template_configs" / "project" / "dot-gitignore").read_bytes()
+    (target / ".gitignore").write_bytes(whole)
+    assert bake(target, "--torch", "cpu") == 0
+    assert plan_of(capsys.readouterr().out)[".gitignore"] == "skip"
+    assert (target / ".gitignore").read_bytes() == whole
+
+
+def test_host_file_keeps_its_mode_when_merged(tmp_path, capsys):
+    target = tmp_path / "cats"
+    target.mkdir()
+    (target / ".dvcignore").write_text("/notebooks/\n")
+    (target / ".dvcignore").chmod(0o600)
+    assert bake(target, "--torch", "cpu") == 0
+    assert stat.S_IMODE((target / ".dvcignore").stat().st_mode) == 0o600
+    assert (target / ".dvcignore").read_text().startswith("/notebooks/\n\n# >>> ml-aws-template")
+
+
+def test_render_tree_fails_when_two_roots_write_one_destination(fake_template, monkeypatch):
+    root = fake_template({"README.md": "# mlt-project\n", "mlt_project/__init__.py": ""})
+    (root / "other").mkdir()
+    (root / "other" / "README.md").write_text("# mlt-project, again\n")
+    monkeypatch.setattr(bootstrap, "MANIFEST", (("tpl", "."), ("other", ".")))
+    values = {"project_name": "cats", "module_name": "cats"}
+    with pytest.raises(bootstrap.BootstrapError, match=r"both written to README\.md"):
+        bootstrap.render_tree(values, "cpu")
+    # The same roots, each with a destination of its own, render.
+    monkeypatch.setattr(bootstrap, "MANIFEST", (("tpl", "."), ("other", "docs")))
+    assert set(bootstrap.render_tree(values, "cpu")) == {
+        Path("README.md"),
+        Path("docs/README.md"),
+        Path("cats/__init__.py"),
+    }
+
+
 # --- dry run -------------------------------------------------------------------------------
 
 
@@ -475,7 +676,9 @@ def test_dry_run_with_changes_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()], ids=repr)
-@pytest.mark.parametrize("when", ["first", "at-overwrite", "after-overwrite", "last"])
+@pytest.mark.parametrize(
+    "when", ["first", "after-merge", "at-overwrite", "after-overwrite", "last"]
+)
 def test_failed_write_undoes_only_this_run(tmp_path, monkeypatch, capsys, error, when):
     target = tmp_path / "cats"
     (target / "tests").mkdir(parents=True)
@@ -484,15 +687,19 @@ def test_failed_write_undoes_only_this_run(tmp_path, monkeypatch, capsys, error,
     (target / "notes.txt").write_text("notes\n")
     (target / "params.yaml").write_bytes(b"mine: 1\n")
     (target / "params.yaml").chmod(0o600)
+    (target / ".gitignore").write_bytes(b"*.log\n")
+    (target / "README.md").write_bytes(b"# ours\n")
     before = snapshot(target, mtimes=False)
 
     # The order of writes, from the plan of a dry run.
     assert bake(target, "--torch", "cpu", "--force", "--dry-run") == 0
     plan = plan_of(capsys.readouterr().out)
-    writes = [path for path, action in plan.items() if action in ("create", "overwrite")]
+    writes = [path for path, action in plan.items() if action in ("create", "overwrite", "merged")]
+    assert (plan[".gitignore"], plan["README.md"]) == ("merged", "keep")
     overwrite_at = writes.index("params.yaml") + 1
     fail_at = {
         "first": 1,
+        "after-merge": writes.index(".gitignore") + 2,
         "at-overwrite": overwrite_at,
         "after-overwrite": overwrite_at + 1,
         "last": len(writes),

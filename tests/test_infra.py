@@ -570,7 +570,7 @@ def test_batch_bad_input_is_one_line(aws, image_copy):
     assert "no AWS credentials found" in one_error_line(no_credentials)
 
 
-# --- the generated README's AWS setup -------------------------------------------------------
+# --- the project guide's AWS setup ---------------------------------------------------------
 
 
 def test_readme_gives_the_policies_in_aws_iam_and_all_aws_files_parse():
@@ -579,7 +579,7 @@ def test_readme_gives_the_policies_in_aws_iam_and_all_aws_files_parse():
         path.name: json.loads(path.read_text()) for path in (project / "aws").rglob("*.json")
     }
     assert {"batch-job.json", "batch-job-multinode.json", "ci-role-policy.json"} <= set(policies)
-    readme = (project / "README.md").read_text()
+    readme = (project / "PROJECT.md").read_text()
     shown = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.DOTALL)]
     assert shown == [policies["job-role-policy.json"], policies["ci-role-policy.json"]]
     for name in ("job-role-policy.json", "ci-role-policy.json", "job-trust-policy.json"):

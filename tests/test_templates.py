@@ -53,3 +53,15 @@ def test_pyproject_variants_differ_only_in_where_torch_and_onnxruntime_come_from
     assert set(cu_poetry.pop("dependencies")) == {"torch", "torchvision"}
     assert [s["name"] for s in cu_poetry.pop("source")] == ["pytorch-cu128"]
     assert cpu == cu128
+
+
+def test_guide_layout_lists_every_module_on_a_line_of_its_own():
+    guide = (PROJECT / "PROJECT.md").read_text()
+    layout = guide.split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^  (\S+\.py)\s", layout, re.MULTILINE)
+    modules = [
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py" and "__pycache__" not in path.parts
+    ]
+    assert sorted(listed) == sorted(modules)

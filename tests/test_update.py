@@ -17,7 +17,7 @@ import pytest
 
 import bootstrap
 from helpers import bootstrap as run_bootstrap
-from helpers import git, make_host, make_template_repo, one_bootstrap_error
+from helpers import git, make_host, make_template_repo, one_bootstrap_error, run
 
 OUTCOMES = {"updated", "unchanged", "kept", "conflict", "new", "removed"}
 SUBMODULE = ".ml-aws-template"
@@ -30,11 +30,15 @@ B_TRAIN = "# B: appended to mlt_project.train\n"
 B_CONFIG = "# B: appended to config\n"
 B_NOTES = "# mlt-project notes\n"
 B_CHANGELOG = "# mlt-project changelog\n- from the template\n"
+B_GITIGNORE = "/b-outputs/\n"
 USER_PARAMS = "# user: top of params\n"
 USER_DVC = "# user: first line of dvc.yaml\n"
 USER_README = "user notes at the end of the README\n"
 USER_ERRORS = "# user: my addition to errors\n"
 USER_CHANGELOG = "# my changelog\n- mine\n"
+USER_GITIGNORE_TOP = "# user: my own ignores\n*.log\n"
+USER_GITIGNORE_END = "notebooks/scratch/\n"
+USER_DVCIGNORE = "/notebooks/\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +57,7 @@ def isolated_git(tmp_path_factory):
 
 
 def commit_b(template: Path) -> None:
-    """Change four template files, add two, remove two."""
+    """Change five template files, add two, remove two."""
     project = template / "template_configs" / "project"
     package = template / "src_templates" / "mlt_project"
     with (project / "params.yaml").open("a") as f:
@@ -63,6 +67,8 @@ def commit_b(template: Path) -> None:
     for name, line in (("train.py", B_TRAIN), ("config.py", B_CONFIG)):
         with (package / name).open("a") as f:
             f.write(line)
+    with (project / "dot-gitignore").open("a") as f:
+        f.write(B_GITIGNORE)
     (project / "NOTES.md").write_text(B_NOTES)
     (project / "CHANGELOG.md").write_text(B_CHANGELOG)
     (project / "dot-dvcignore").unlink()
@@ -81,6 +87,7 @@ def baked(tmp_path_factory) -> tuple[Path, str, str]:
     host = make_host(tmp_path_factory.mktemp("host") / "cats", template)
     git("checkout", "--quiet", a, cwd=host / SUBMODULE)
     run_bootstrap(host, "--torch", "cpu")
+    commit_all(host, "bootstrap")
     return host, a, b
 
 
@@ -105,12 +112,21 @@ def b(baked) -> str:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def edit_as_user(host: Path, overlapping: bool) -> None:
-    """The user's edits; `overlapping` adds the two that collide with B."""
+def commit_all(host: Path, message: str) -> None:
+    git("add", "-A", cwd=host)
+    git("commit", "--quiet", "--allow-empty", "-m", message, cwd=host)
+
+
+def edit_as_user(host: Path, overlapping: bool, commit: bool = True) -> None:
+    """The user's edits, committed as --update wants; `overlapping` adds two that collide with B."""
     params = host / "params.yaml"
     params.write_text(USER_PARAMS + params.read_text())
     with (host / "README.md").open("a") as f:
         f.write(USER_README)
+    gitignore = host / ".gitignore"
+    gitignore.write_text(USER_GITIGNORE_TOP + gitignore.read_text() + USER_GITIGNORE_END)
+    with (host / ".dvcignore").open("a") as f:
+        f.write(USER_DVCIGNORE)
     with (host / "src" / "cats" / "errors.py").open("a") as f:
         f.write(USER_ERRORS)
     (host / "src" / "cats" / "config.py").unlink()
@@ -118,6 +134,8 @@ def edit_as_user(host: Path, overlapping: bool) -> None:
         lines = (host / "dvc.yaml").read_text().splitlines(keepends=True)
         (host / "dvc.yaml").write_text(USER_DVC + "".join(lines[1:]))
         (host / "CHANGELOG.md").write_text(USER_CHANGELOG)
+    if commit:
+        commit_all(host, "user edits")
 
 
 def move_submodule(host: Path, commit: str) -> None:
@@ -139,7 +157,7 @@ def record(host: Path) -> dict:
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
-    """Every project file (not the submodule) with its bytes, permission bits and mtime."""
+    """Every project file (not git's, nor the submodule) with its bytes, mode bits and mtime."""
     return {
         p.relative_to(root).as_posix(): (
             p.read_bytes(),
@@ -147,7 +165,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
             p.stat().st_mtime_ns,
         )
         for p in sorted(root.rglob("*"))
-        if p.is_file() and SUBMODULE not in p.relative_to(root).parts
+        if p.is_file() and not {SUBMODULE, ".git"} & set(p.relative_to(root).parts)
     }
 
 
@@ -155,6 +173,9 @@ def assert_user_lines_kept(host: Path, overlapping: bool) -> None:
     """Nothing the user wrote is lost, whatever the outcome."""
     assert USER_PARAMS in (host / "params.yaml").read_text()
     assert USER_README in (host / "README.md").read_text()
+    gitignore = (host / ".gitignore").read_text()
+    assert gitignore.startswith(USER_GITIGNORE_TOP) and gitignore.endswith(USER_GITIGNORE_END)
+    assert USER_DVCIGNORE in (host / ".dvcignore").read_text()
     assert USER_ERRORS in (host / "src" / "cats" / "errors.py").read_text()
     assert not (host / "src" / "cats" / "config.py").exists()
     if overlapping:
@@ -164,16 +185,17 @@ def assert_user_lines_kept(host: Path, overlapping: bool) -> None:
 
 # --- update --------------------------------------------------------------------------------
 
+# Every row --update lists: files it changes, and changes of the template's it leaves out. Not
+# listed: unchanged files, PROJECT.md (user only), README.md (the host's own: never updated).
 EXPECTED_CLEAN = {
     "params.yaml": "updated",  # user prepended, B appended: merged
     "dvc.yaml": "updated",  # B only
     "src/cats/train.py": "updated",  # B only
-    "README.md": "kept",  # user only
     "src/cats/config.py": "kept",  # user deleted it, B changed it: stays deleted
-    ".gitignore": "unchanged",
+    ".gitignore": "updated",  # the block gets B's line; the user's lines around it stay
     "NOTES.md": "new",
     "CHANGELOG.md": "new",
-    ".dvcignore": "removed",  # user never changed it: deleted
+    ".dvcignore": "removed",  # the block goes; the user's line after it stays
     "src/cats/errors.py": "removed",  # user changed it: left in place
 }
 EXPECTED_CONFLICT = {**EXPECTED_CLEAN, "dvc.yaml": "conflict", "CHANGELOG.md": "conflict"}
@@ -188,13 +210,11 @@ def test_update_merges_edits_that_do_not_overlap(host, a, b):
     seconds = time.perf_counter() - start
     print(f"\n--update on a generated project (subprocess, cold): {seconds:.2f} s")
 
-    rows = outcomes(result.stdout)
-    assert {path: rows[path] for path in EXPECTED_CLEAN} == EXPECTED_CLEAN
-    assert set(rows.values()) <= {"updated", "unchanged", "kept", "new", "removed"}
-    assert "kept       README.md  (you changed it; the template did not)" in result.stdout
+    assert outcomes(result.stdout) == EXPECTED_CLEAN
     assert "removed    src/cats/errors.py  (upstream; left in place: you changed it)" in (
         result.stdout
     )
+    assert "other file(s): nothing to do" in result.stdout
     params = (host / "params.yaml").read_text()
     assert params.startswith(USER_PARAMS) and params.endswith(B_PARAMS)
     assert (host / "dvc.yaml").read_text().startswith("# B: first line of dvc.yaml for cats\n")
@@ -202,7 +222,9 @@ def test_update_merges_edits_that_do_not_overlap(host, a, b):
         host / "src" / "cats" / "train.py"
     ).read_text() == fresh + "# B: appended to cats.train\n"
     assert (host / "NOTES.md").read_text() == "# cats notes\n"
-    assert not (host / ".dvcignore").exists()
+    assert (host / ".dvcignore").read_text() == USER_DVCIGNORE
+    block = bootstrap.BLOCK_RE.search((host / ".gitignore").read_bytes()).group(1).decode()
+    assert block.endswith(B_GITIGNORE) and "/data/raw/\n" in block
     assert_user_lines_kept(host, overlapping=False)
     assert "<<<<<<<" not in "".join(p.read_text() for p in (host / "src").rglob("*.py"))
     assert record(host)["template_version"] == b
@@ -213,9 +235,11 @@ def test_update_merges_edits_that_do_not_overlap(host, a, b):
     }
 
     # A second run finds nothing to do and writes nothing.
+    commit_all(host, "update")
     before = snapshot(host)
-    again = outcomes(run_bootstrap(host, "--update").stdout)
-    assert set(again.values()) <= {"unchanged", "kept", "removed"}
+    again = run_bootstrap(host, "--update").stdout
+    assert outcomes(again) == {}
+    assert "file(s): nothing to do" in again
     assert snapshot(host) == before
 
 
@@ -228,8 +252,7 @@ def test_update_writes_markers_where_edits_overlap(host, a, b):
     line = one_bootstrap_error(result.stderr)
     assert "2 conflict(s) left in CHANGELOG.md, dvc.yaml" in line
     assert f"--adopt {b}" in line
-    rows = outcomes(result.stdout)
-    assert {path: rows[path] for path in EXPECTED_CONFLICT} == EXPECTED_CONFLICT
+    assert outcomes(result.stdout) == EXPECTED_CONFLICT
     dvc = (host / "dvc.yaml").read_text()
     b_line = "# B: first line of dvc.yaml for cats\n"
     assert dvc.startswith(f"<<<<<<< yours\n{USER_DVC}=======\n{b_line}>>>>>>> template {b[:8]}\n")
@@ -241,14 +264,14 @@ def test_update_writes_markers_where_edits_overlap(host, a, b):
     assert_user_lines_kept(host, overlapping=True)
     assert record(host)["template_version"] == a
 
-    # Rerunning never nests markers; --adopt waits for them to be resolved.
-    rerun = run_bootstrap(host, "--update", check=False)
+    # Rerunning (on the tree the update left) never nests markers; --adopt waits for them.
+    params = snapshot(host)["params.yaml"]
+    rerun = run_bootstrap(host, "--update", "--allow-dirty", check=False)
     assert rerun.returncode == 1
     assert outcomes(rerun.stdout)["dvc.yaml"] == "conflict"
-    # params.yaml already holds B's change and the user's: kept, not rewritten.
-    assert "kept       params.yaml  (you changed it; it has the template's change already)" in (
-        rerun.stdout
-    )
+    # params.yaml already holds B's change and the user's: nothing to do, not rewritten.
+    assert "params.yaml" not in outcomes(rerun.stdout)
+    assert snapshot(host)["params.yaml"] == params
     assert (host / "dvc.yaml").read_text() == dvc
     refused = run_bootstrap(host, "--adopt", b, check=False)
     assert "conflict markers left in" in one_bootstrap_error(refused.stderr)
@@ -270,10 +293,73 @@ def test_dry_run_writes_nothing(host, a, b):
     assert result.stdout.startswith("Would update project 'cats'")
     assert "2 file(s) would conflict" in one_bootstrap_error(result.stderr)
     planned = outcomes(result.stdout)
-    assert {path: planned[path] for path in EXPECTED_CONFLICT} == EXPECTED_CONFLICT
+    assert planned == EXPECTED_CONFLICT
+    assert "unchanged" not in result.stdout
     assert snapshot(host) == before
     # The plan is what the real run then does.
     assert outcomes(run_bootstrap(host, "--update", check=False).stdout) == planned
+
+
+def test_gitignore_written_whole_by_an_older_bootstrap_is_merged_whole(host, b):
+    """Before the marked block, bootstrap wrote .gitignore whole: all of it is the template's."""
+    gitignore = host / ".gitignore"
+    whole = bootstrap.BLOCK_RE.search(gitignore.read_bytes()).group(1)
+    gitignore.write_bytes(USER_GITIGNORE_TOP.encode() + whole)
+    commit_all(host, "a project baked by an older bootstrap")
+    move_submodule(host, b)
+    rows = outcomes(run_bootstrap(host, "--update").stdout)
+    assert rows[".gitignore"] == "updated"
+    assert gitignore.read_bytes() == USER_GITIGNORE_TOP.encode() + whole + B_GITIGNORE.encode()
+
+
+def test_update_refuses_uncommitted_changes(host, b):
+    edit_as_user(host, overlapping=False, commit=False)
+    move_submodule(host, b)
+    before = snapshot(host)
+    result = run_bootstrap(host, "--update", check=False)
+    assert result.returncode == 1
+    line = one_bootstrap_error(result.stderr)
+    changed = line.split("the project has uncommitted changes (")[1].split(")")[0]
+    assert "params.yaml" in changed and "--allow-dirty" in line
+    assert SUBMODULE not in changed  # moving the submodule is how an update starts
+    assert result.stdout == ""
+    assert snapshot(host) == before
+    # The dry run writes nothing, so it shows the plan on a dirty tree.
+    assert outcomes(run_bootstrap(host, "--update", "--dry-run").stdout) == EXPECTED_CLEAN
+
+    # An untracked file is uncommitted too: git could not bring it back.
+    commit_all(host, "user edits")
+    (host / "scratch.txt").write_text("mine\n")
+    committed = snapshot(host)
+    line = one_bootstrap_error(run_bootstrap(host, "--update", check=False).stderr)
+    assert "uncommitted changes (scratch.txt)" in line
+    assert snapshot(host) == committed
+
+    result = run_bootstrap(host, "--update", "--allow-dirty")
+    assert outcomes(result.stdout) == EXPECTED_CLEAN
+    assert (host / "scratch.txt").read_text() == "mine\n"
+    assert record(host)["template_version"] == b
+
+
+def test_update_outside_git_needs_allow_dirty(host, b, tmp_path):
+    """A project folder git does not hold: the update could not be undone."""
+    move_submodule(host, b)
+    plain = tmp_path / "plain"
+    shutil.copytree(host, plain, ignore=shutil.ignore_patterns(".git", SUBMODULE))
+    script = host / SUBMODULE / "bootstrap.py"
+    command = ["python3", str(script), "--target", str(plain), "--update"]
+    result = run(*command, cwd=tmp_path, check=False, GIT_CEILING_DIRECTORIES=str(tmp_path))
+    assert "is not in a git repository" in one_bootstrap_error(result.stderr)
+    assert (plain / "params.yaml").read_bytes() == (host / "params.yaml").read_bytes()
+    result = run(*command, "--allow-dirty", cwd=tmp_path, GIT_CEILING_DIRECTORIES=str(tmp_path))
+    assert outcomes(result.stdout)["params.yaml"] == "updated"
+    assert (plain / "params.yaml").read_text().endswith(B_PARAMS)
+
+
+def test_allow_dirty_is_for_update_only(host):
+    result = run_bootstrap(host, "--check", "--allow-dirty", check=False)
+    assert result.returncode == 2
+    assert "--allow-dirty applies to --update only" in result.stderr
 
 
 def test_check_lists_what_would_change_until_updated(host, a, b):
@@ -290,6 +376,7 @@ def test_check_lists_what_would_change_until_updated(host, a, b):
         "NOTES.md": "new",
         "CHANGELOG.md": "new",
         ".dvcignore": "removed",
+        ".gitignore": "updated",
     }
     run_bootstrap(host, "--update")
     after = run_bootstrap(host, "--check")
@@ -297,7 +384,7 @@ def test_check_lists_what_would_change_until_updated(host, a, b):
     assert after.stdout.startswith(f"Up to date with template {b[:8]}")
 
 
-@pytest.mark.parametrize("fail_at", [1, 3, 6], ids=["first", "middle", "record"])
+@pytest.mark.parametrize("fail_at", [1, 4, 8], ids=["first", "middle", "record"])
 def test_failed_update_undoes_every_write(host, b, monkeypatch, capsys, fail_at):
     edit_as_user(host, overlapping=False)
     move_submodule(host, b)
@@ -315,8 +402,9 @@ def test_failed_update_undoes_every_write(host, b, monkeypatch, capsys, fail_at)
     monkeypatch.setattr(bootstrap, "write_atomic", flaky_write)
     with pytest.raises(OSError):
         bootstrap.main(["--target", str(host), "--update"])
-    # Writes in path order (.dvcignore is deleted before them); the record comes last.
-    writes = ["CHANGELOG.md", "NOTES.md", "dvc.yaml", "params.yaml", "train.py", RECORD]
+    # Writes in path order; the record comes last.
+    writes = [".dvcignore", ".gitignore", "CHANGELOG.md", "NOTES.md", "dvc.yaml", "params.yaml"]
+    writes += ["train.py", RECORD]
     assert calls[:fail_at] == writes[:fail_at]
     assert {k: v[:2] for k, v in snapshot(host).items()} == {k: v[:2] for k, v in before.items()}
     assert list(host.rglob("*.tmp")) == []
@@ -359,8 +447,8 @@ def test_adopt_records_a_version_so_update_works(host, a, b):
         "module_name": "cats",
         "torch": "cpu",
     }
-    rows = outcomes(run_bootstrap(host, "--update").stdout)
-    assert {path: rows[path] for path in EXPECTED_CLEAN} == EXPECTED_CLEAN
+    commit_all(host, "adopt")
+    assert outcomes(run_bootstrap(host, "--update").stdout) == EXPECTED_CLEAN
     assert record(host)["template_version"] == b
     assert_user_lines_kept(host, overlapping=False)
 
@@ -375,8 +463,9 @@ def test_check_fails_on_a_newer_version_that_changes_no_file(host, a):
     assert result.returncode == 1
     assert outcomes(result.stdout) == {RECORD: "updated"}
     before = snapshot(host)
-    rows = outcomes(run_bootstrap(host, "--update").stdout)
-    assert set(rows.values()) == {"unchanged"}
+    result = run_bootstrap(host, "--update")
+    assert outcomes(result.stdout) == {}
+    assert "file(s): nothing to do" in result.stdout
     assert record(host)["template_version"] == c
     after = snapshot(host)
     assert {k: v for k, v in after.items() if k != RECORD} == {

@@ -251,7 +251,7 @@ def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
         )
     missing = [name for name in expected if name not in raw]
     if missing:
-        raise ConfigError(f"{path}: missing key '{prefix}{missing[0]}'; add it (see the README)")
+        raise ConfigError(f"{path}: missing key '{prefix}{missing[0]}'; add it (see PROJECT.md)")
     values: dict[str, Any] = {extra: sections} if extra else {}
     for name in expected:
         hint, value = hints[name], raw[name]

@@ -5,7 +5,7 @@
 #
 # ECR_REPOSITORY_URI (<account>.dkr.ecr.<region>.amazonaws.com/<repository>) comes from the
 # environment, or from .env where the environment is silent. Needs docker, the AWS CLI v2, and
-# credentials allowed to push to that repository (README: "AWS setup").
+# credentials allowed to push to that repository (PROJECT.md: "AWS setup").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
