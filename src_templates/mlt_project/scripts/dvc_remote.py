@@ -48,7 +48,8 @@ def configure_remote(name: str = REMOTE) -> tuple[str, list[str]]:
         if variable in env.from_file and os.environ.get(variable):
             dvc("remote", "modify", "--local", name, option, os.environ[variable])
             written.append(option)
-    CONFIG_LOCAL.chmod(0o600)  # it may hold keys now: readable by this user only
+    # It may hold keys now: readable by this user only.
+    (Path(dvc("root").strip()) / CONFIG_LOCAL).chmod(0o600)
     return url, written
 
 
