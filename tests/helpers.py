@@ -17,18 +17,19 @@ MODULE = "digits_e2e"
 GIT_IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.com"]
 
 
-def env(**extra: str) -> dict[str, str]:
-    """The environment for subprocesses: this venv first on PATH, git isolated from the user."""
+def env(**extra: str | None) -> dict[str, str]:
+    """The environment for subprocesses: this venv first on PATH, git isolated from the user.
+    A variable given as None is removed."""
     result = dict(os.environ)
     result["PATH"] = f"{VENV_BIN}{os.pathsep}{result.get('PATH', '')}"
     result["GIT_CONFIG_NOSYSTEM"] = "1"
     result["DVC_NO_ANALYTICS"] = "1"
     result.update(extra)
-    return result
+    return {name: value for name, value in result.items() if value is not None}
 
 
 def run(
-    *cmd: str | Path, cwd: Path, check: bool = True, **env_extra: str
+    *cmd: str | Path, cwd: Path, check: bool = True, **env_extra: str | None
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=env(**env_extra), capture_output=True, text=True

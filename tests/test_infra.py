@@ -513,7 +513,7 @@ def test_batch_register_submit_status_single_and_multi_node(aws, image_copy, tmp
     assert "job-definition/digits-e2e-train:1" in registered.stdout
     checkpoints = "s3://dvc-bucket/digits-e2e/checkpoints"
     again = batch_cli(
-        project, "register", **aws, BATCH_IMAGE_URI=IMAGE, DVC_S3_BUCKET_NAME="dvc-bucket",
+        project, "register", **aws, BATCH_IMAGE_URI=IMAGE, DVC_S3_URI="s3://dvc-bucket/x",
         CHECKPOINT_S3_URI=checkpoints,
     )  # fmt: skip
     assert "job-definition/digits-e2e-train:2" in again.stdout
@@ -522,7 +522,7 @@ def test_batch_register_submit_status_single_and_multi_node(aws, image_copy, tmp
     assert definition["revision"] == 2
     assert definition["containerProperties"]["image"] == IMAGE
     variables = definition["containerProperties"]["environment"]
-    assert {"name": "DVC_S3_BUCKET_NAME", "value": "dvc-bucket"} in variables
+    assert {"name": "DVC_S3_URI", "value": "s3://dvc-bucket/x"} in variables
     assert {"name": "CHECKPOINT_S3_URI", "value": checkpoints} in variables
     assert {"type": "GPU", "value": "1"} in definition["containerProperties"][
         "resourceRequirements"
@@ -590,6 +590,8 @@ def test_multi_node_request_takes_num_nodes_from_params_and_the_image(monkeypatc
     from mlt_project.scripts.batch import job_definition
 
     monkeypatch.chdir(Path(__file__).resolve().parent.parent / "template_configs" / "project")
+    monkeypatch.delenv("DVC_S3_URI", raising=False)
+    # The old name reaches the job as the new one.
     monkeypatch.setenv("DVC_S3_BUCKET_NAME", "dvc-bucket")
     request = job_definition(3, IMAGE, "arn:aws:iam::123456789012:role/job")
     assert request["type"] == "multinode"
@@ -597,7 +599,7 @@ def test_multi_node_request_takes_num_nodes_from_params_and_the_image(monkeypatc
     (nodes,) = request["nodeProperties"]["nodeRangeProperties"]
     assert nodes["container"]["image"] == IMAGE
     assert nodes["container"]["jobRoleArn"] == "arn:aws:iam::123456789012:role/job"
-    assert {"name": "DVC_S3_BUCKET_NAME", "value": "dvc-bucket"} in nodes["container"][
+    assert {"name": "DVC_S3_URI", "value": "s3://dvc-bucket/mlt-project"} in nodes["container"][
         "environment"
     ]
     single = job_definition(1, IMAGE, None)

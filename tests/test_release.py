@@ -1,7 +1,9 @@
 """Releases against real services on loopback: a moto S3 server, real git tags, DVC's S3 remote.
 
-One copy of the trained project is released once (module fixture); the tests then check what
-the bucket, git and the files hold, and that every bad input stops with one line and exit 1.
+One copy of the trained project is released once (module fixture), by running the commands of
+the generated README's Releases section as written, with every AWS setting in .env only; the
+tests then check what the bucket, git and the files hold, and that every bad input stops with
+one line and exit 1, leaving no tag and no upload behind.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +35,13 @@ MANIFEST = "manifest.json"
 DVC_BUCKET = "dvc-store"
 PREFIX = "models"
 VERSION = "0.1.0"
-RELEASE_STAGES = {f"release/dvc.yaml:{s}" for s in ("export_onnx", "create_tag", "upload_s3")}
+RELEASE_STAGES = {"release/dvc.yaml:export_onnx"}
+# The Releases section of the generated README, command by command (comments dropped).
+README_RELEASE_STEPS = [
+    "cp .env.example .env",
+    'git add -A && git commit -m "Release 0.1.0"',
+    f"poetry run python -m {MODULE}.scripts.release",
+]
 RELEASE_OBJECTS = {
     "model.onnx",
     "model.ckpt",
@@ -56,58 +65,91 @@ def s3_client(endpoint: str):
     )
 
 
-def aws_env(endpoint: str, tmp: Path, **overrides: str) -> dict[str, str]:
-    """Dummy credentials for moto, nothing read from ~/.aws or the instance metadata service."""
-    values = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+def release_uri(prefix: str = PREFIX) -> str:
+    return f"s3://{BUCKET}/{prefix}/{NAME}"
+
+
+def isolated_env(tmp: Path) -> dict[str, str | None]:
+    """No AWS variable from the test runner (the project's .env holds them all), nothing from
+    ~/.aws or the instance metadata service; a git identity for the tags and commits."""
+    values: dict[str, str | None] = {name: None for name in os.environ if name.startswith("AWS_")}
+    return values | {
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-credentials"),
         "AWS_CONFIG_FILE": str(tmp / "no-config"),
-        "MODEL_RELEASE_S3_BUCKET": BUCKET,
         "GIT_AUTHOR_NAME": "Test",
         "GIT_AUTHOR_EMAIL": "test@example.com",
         "GIT_COMMITTER_NAME": "Test",
         "GIT_COMMITTER_EMAIL": "test@example.com",
     }
-    return values | overrides
+
+
+def fill_in(env_file: Path, **values: str) -> None:
+    """Set variables in a copy of .env.example as a user does: on their (maybe commented) lines."""
+    lines = env_file.read_text().splitlines()
+    for name, value in values.items():
+        found = [i for i, line in enumerate(lines) if re.fullmatch(rf"#? ?{name}=.*", line)]
+        assert found, f"{name} is not in {env_file}"
+        lines[found[0]] = f"{name}={value}"
+    env_file.write_text("\n".join(lines) + "\n")
+
+
+def readme_release_steps(root: Path) -> list[str]:
+    """The commands of the first code block of the README's Releases section."""
+    section = (root / "README.md").read_text().split("\n## Releases\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    assert block, "no bash block in the Releases section"
+    return [line.split("  #")[0].strip() for line in block[1].splitlines() if line.strip()]
+
+
+def bash(command: str, root: Path, env: dict, check: bool = True):
+    # The tests install the project with pip (test_poetry.py covers Poetry), so without
+    # `poetry run`; everything else runs as written.
+    return run("bash", "-c", command.removeprefix("poetry run "), cwd=root, check=check, **env)
 
 
 @dataclass(frozen=True)
 class Released:
     root: Path
     endpoint: str
-    env: dict[str, str]
+    env: dict[str, str | None]
     output: str
     seconds: float
     plain_repro: str
     status_before: dict
+    origin: Path
 
 
 @pytest.fixture(scope="module")
 def released(trained_project, moto_endpoint, tmp_path_factory) -> Released:
-    """A committed copy of the trained project, released once with `dvc repro release/dvc.yaml`."""
+    """A copy of the trained project, released by the README's Releases steps, AWS in .env."""
     tmp = tmp_path_factory.mktemp("release")
     root = tmp / NAME
     shutil.copytree(trained_project.root, root, symlinks=True)
-    git("add", "-A", cwd=root)
-    git("commit", "--quiet", "-m", "trained", cwd=root)
+    origin = tmp / "origin.git"
+    run("git", "init", "--quiet", "--bare", origin, cwd=tmp)
+    git("remote", "add", "origin", str(origin), cwd=root)
+    s3_client(moto_endpoint).create_bucket(Bucket=BUCKET)
+    variables = isolated_env(tmp)
+    copy_env, commit, release_command = readme_release_steps(root)
+    assert [copy_env, commit, release_command] == README_RELEASE_STEPS
+    bash(copy_env, root, variables)
+    fill_in(
+        root / ".env",
+        MODEL_RELEASE_S3_URI=release_uri(),
+        AWS_ENDPOINT_URL=moto_endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
+    bash(commit, root, variables)
     plain_repro = run("dvc", "repro", cwd=root).stdout
     status_before = json.loads(run("dvc", "status", "--json", cwd=root).stdout)
-    s3_client(moto_endpoint).create_bucket(Bucket=BUCKET)
-    # .env names a bucket the real environment overrides, and the prefix nobody else sets.
-    (root / ".env").write_text(
-        f"MODEL_RELEASE_S3_BUCKET=not-this-one\nMODEL_RELEASE_S3_PREFIX={PREFIX}\n"
-    )
-    variables = aws_env(moto_endpoint, tmp)
     start = time.perf_counter()
-    result = run("dvc", "repro", "release/dvc.yaml", cwd=root, **variables)
+    result = bash(release_command, root, variables)
     seconds = time.perf_counter() - start
     return Released(
         root, moto_endpoint, variables, result.stdout + result.stderr, seconds, plain_repro,
-        status_before,
+        status_before, origin,
     )  # fmt: skip
 
 
@@ -154,6 +196,7 @@ def test_release_pipeline_uploads_every_object_with_its_sha256(released):
     for stage in RELEASE_STAGES:
         assert f"Running stage '{stage}'" in r.output
     assert "Running stage 'train'" not in r.output
+    assert "deprecated" not in r.output
     client = s3_client(r.endpoint)
     stored = objects(r, version_prefix())
     assert set(stored) == RELEASE_OBJECTS | {"manifest.json"}, "the real environment's bucket"
@@ -161,6 +204,12 @@ def test_release_pipeline_uploads_every_object_with_its_sha256(released):
         client.get_object(Bucket=BUCKET, Key=version_prefix() + "manifest.json")["Body"].read()
     )
     assert set(manifest["objects"]) == RELEASE_OBJECTS
+    head = git("rev-parse", "HEAD", cwd=r.root)
+    assert (manifest["git_commit"], manifest["git_tag"], manifest["git_dirty"]) == (
+        head,
+        f"v{VERSION}",
+        False,
+    )
     local = {
         "model.onnx": "releases/model.onnx",
         "model.ckpt": "models/model.ckpt",
@@ -180,8 +229,8 @@ def test_release_pipeline_uploads_every_object_with_its_sha256(released):
     )
 
     info = json.loads((r.root / "releases" / "model_info.json").read_text())
-    head = git("rev-parse", "HEAD", cwd=r.root)
-    assert (info["version"], info["git_commit"], info["git_dirty"]) == (VERSION, head, False)
+    assert info["version"] == VERSION
+    assert "git_commit" not in info, "an export that names a commit is stale after the next one"
     assert info["class_names"] == [str(d) for d in range(10)]
     assert info["input"]["shape"] == ["batch", 1, 8, 8]
     assert info["metrics"] == json.loads((r.root / "evaluation_results.json").read_text())
@@ -220,6 +269,10 @@ def test_release_tag_and_model_registry(released):
     accuracy = json.loads((root / "evaluation_results.json").read_text())["accuracy"]
     assert f"accuracy {accuracy}" in git("tag", "-n1", f"v{VERSION}", cwd=root)
     one_error_line(release(r, "create-tag"), f"tag v{VERSION} already exists")
+    # The release pushed the tag to origin.
+    assert f"pushed tag v{VERSION} to origin" in r.output
+    pushed = run("git", "ls-remote", "--tags", r.origin, cwd=root).stdout
+    assert f"refs/tags/v{VERSION}" in pushed
 
     registry = ("python", "-m", f"{MODULE}.scripts.register_model")
     run(*registry, "--tag", "baseline", cwd=root, **r.env)
@@ -250,6 +303,65 @@ def test_dirty_tree_is_refused(released):
     assert git("tag", "-l", "v0.2.0", "model-dirty-*", cwd=r.root) == ""
 
 
+def test_stale_training_is_refused(released):
+    """Metrics of a model the params no longer describe: neither registered nor released."""
+    r = released
+    params = r.root / "params.yaml"
+    original = params.read_text()
+    try:
+        set_params(r.root, training__max_epochs=7)
+        registry = ("python", "-m", f"{MODULE}.scripts.register_model", "--tag", "stale")
+        stale = run(*registry, "--allow-dirty", cwd=r.root, check=False, **r.env)
+        one_error_line(stale, "training pipeline is not up to date (train changed", "--allow-stale")
+        one_error_line(release(r, "check"), "uncommitted changes (params.yaml)")
+        registered = run(*registry, "--allow-dirty", "--allow-stale", cwd=r.root, **r.env)
+        assert "registered model-stale-" in registered.stdout
+    finally:
+        params.write_text(original)
+        for tag in git("tag", "-l", "model-stale-*", cwd=r.root).split():
+            git("tag", "--delete", tag, cwd=r.root)
+
+
+def test_a_failing_precondition_leaves_no_tag_and_no_upload(released, tmp_path):
+    """The next version, exported before its commit: every failed check writes nothing; once
+    fixed, the release uses that export as it is (the commit is not part of it), no training."""
+    root = tmp_path / NAME
+    shutil.copytree(released.root, root, symlinks=True)
+    r = dataclasses.replace(released, root=root)
+    version = "0.5.0"
+    set_params(root, release__version=version)
+    run("dvc", "repro", "release/dvc.yaml", cwd=root, **r.env)  # before the commit
+    git("commit", "--quiet", "-am", f"Release {version}", cwd=root)
+    exported = (root / "releases" / "model_info.json").read_bytes()
+    lock = (root / "release" / "dvc.lock").read_bytes()
+    (root / "notes.txt").write_text("not committed\n")
+    failures = [
+        ({}, "uncommitted changes (notes.txt)"),
+        ({"MODEL_RELEASE_S3_URI": ""}, "MODEL_RELEASE_S3_URI is not set"),
+        ({"MODEL_RELEASE_S3_URI": "s3://no-such-bucket/x"}, "bucket 'no-such-bucket' does not"),
+        ({"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "no AWS credentials found"),
+    ]
+    for overrides, message in failures:
+        one_error_line(release(r, **overrides), message)
+        (root / "notes.txt").unlink(missing_ok=True)
+        assert git("tag", "-l", f"v{version}", cwd=root) == "", message
+        assert objects(r, version_prefix(version)) == {}, message
+        assert (root / "releases" / "model_info.json").read_bytes() == exported, message
+        assert (root / "release" / "dvc.lock").read_bytes() == lock, message
+    done = release(r, check=True)
+    output = done.stdout + done.stderr
+    assert "Running stage" not in output, "exported or trained again"
+    uploaded = (
+        s3_client(r.endpoint)
+        .get_object(Bucket=BUCKET, Key=version_prefix(version) + "model_info.json")["Body"]
+        .read()
+    )
+    assert uploaded == exported
+    assert git("rev-list", "-n", "1", f"v{version}", cwd=root) == git("rev-parse", "HEAD", cwd=root)
+    # Once released, the same version stops at the checks.
+    one_error_line(release(r), f"version {version} is already released")
+
+
 def test_a_released_version_is_not_replaced(released):
     before = objects(released, version_prefix())
     one_error_line(release(released, "upload-s3"), f"version {VERSION} is already released")
@@ -267,13 +379,13 @@ def test_a_perturbed_onnx_file_is_stopped_before_any_upload(released):
         perturbed = onnx.numpy_helper.to_array(weights) + np.float32(0.05)
         weights.CopyFrom(onnx.numpy_helper.from_array(perturbed, weights.name))
         onnx.save(model, path)
-        result = release(r, "upload-s3", MODEL_RELEASE_S3_PREFIX="perturbed")
+        result = release(r, "upload-s3", MODEL_RELEASE_S3_URI=release_uri("perturbed"))
         one_error_line(result, f"{Path('releases/model.onnx')} is not the file export-onnx wrote")
         # With model_info.json claiming the new file, the parity gate still stops it.
         info = json.loads(original_info)
         info["onnx_sha256"] = sha256(path.read_bytes())
         info_file.write_text(json.dumps(info))
-        result = release(r, "upload-s3", MODEL_RELEASE_S3_PREFIX="perturbed")
+        result = release(r, "upload-s3", MODEL_RELEASE_S3_URI=release_uri("perturbed"))
         one_error_line(result, "parity gate failed", "predicts another class")
     finally:
         path.write_bytes(original)
@@ -364,7 +476,8 @@ def test_external_data_release_round_trip(released, tmp_path):
     assert sorted(p.name for p in (root / "releases").iterdir()) == sorted(
         ["model.onnx", "model_info.json", data_name]
     )
-    release(copy, "upload-s3", "--version", version, check=True, MODEL_RELEASE_S3_PREFIX="external")
+    external = release_uri("external")
+    release(copy, "upload-s3", "--version", version, check=True, MODEL_RELEASE_S3_URI=external)
     downloaded = tmp_path / "downloaded"
     manifest = download(copy, version_prefix(version, "external"), downloaded)
     assert set(manifest["objects"]) == RELEASE_OBJECTS | {data_name}
@@ -383,23 +496,30 @@ def test_external_data_release_round_trip(released, tmp_path):
 # --- DVC's S3 remote ----------------------------------------------------------------------
 
 
-def test_dvc_push_then_pull_restores_identical_files(released):
+def test_dvc_push_then_pull_with_credentials_only_in_dot_env(released, tmp_path):
+    """DVC does not read .env: dvc_remote writes the remote and .env's keys to config.local."""
     r = released
     root = r.root
     s3_client(r.endpoint).create_bucket(Bucket=DVC_BUCKET)
-    run(
-        "python",
-        "-m",
-        f"{MODULE}.scripts.dvc_remote",
-        cwd=root,
-        **r.env,
-        DVC_S3_BUCKET_NAME=DVC_BUCKET,
-    )
+    with (root / ".env").open("a") as env_file:
+        env_file.write(f"DVC_S3_URI=s3://{DVC_BUCKET}/{NAME}\n")
+    # Not one AWS variable in the environment, and a HOME without ~/.aws.
+    home = tmp_path / "home"
+    home.mkdir()
+    bare = {name: None for name, value in r.env.items() if name.startswith("AWS_")} | {
+        "HOME": str(home)
+    }
+    bare |= {name: None for name in os.environ if name.startswith("AWS_")}
+    made = run("python", "-m", f"{MODULE}.scripts.dvc_remote", cwd=root, **bare).stdout
+    assert f"s3://{DVC_BUCKET}/{NAME}" in made and "secret_access_key" in made
+    config = root / ".dvc" / "config.local"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert "secret_access_key = testing" in config.read_text()
     assert git("status", "--porcelain", "--", ".dvc", cwd=root) == "", "remote config committed"
     tracked = [root / "models" / "model.ckpt", *sorted((root / "data" / "processed").iterdir())]
     before = {p: sha256(p.read_bytes()) for p in tracked}
     start = time.perf_counter()
-    run("dvc", "push", cwd=root, **r.env)
+    run("dvc", "push", cwd=root, **bare)
     pushed = time.perf_counter() - start
     listing = s3_client(r.endpoint).list_objects_v2(Bucket=DVC_BUCKET, Prefix=f"{NAME}/")
     assert listing.get("KeyCount", 0) >= len(tracked)
@@ -407,7 +527,7 @@ def test_dvc_push_then_pull_restores_identical_files(released):
     shutil.rmtree(root / "data" / "processed")
     (root / "models" / "model.ckpt").unlink()
     start = time.perf_counter()
-    run("dvc", "pull", cwd=root, **r.env)
+    run("dvc", "pull", cwd=root, **bare)
     print(f"\ndvc push {pushed:.1f}s, pull {time.perf_counter() - start:.1f}s")
     assert {p: sha256(p.read_bytes()) for p in tracked} == before
 
@@ -523,9 +643,12 @@ def test_export_without_a_checkpoint(released):
     ("overrides", "fragments"),
     [
         ({"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, ["no AWS credentials"]),
-        ({"MODEL_RELEASE_S3_BUCKET": "no-such-bucket"}, ["bucket 'no-such-bucket' does not exist"]),
+        (
+            {"MODEL_RELEASE_S3_URI": "s3://no-such-bucket/problems"},
+            ["bucket 'no-such-bucket' does not exist"],
+        ),
         ({"AWS_ENDPOINT_URL": "closed"}, ["cannot reach S3", "after 3 attempts"]),
-        ({"MODEL_RELEASE_S3_BUCKET": ""}, ["MODEL_RELEASE_S3_BUCKET is not set", ".env"]),
+        ({"MODEL_RELEASE_S3_URI": ""}, ["MODEL_RELEASE_S3_URI is not set", ".env"]),
     ],
     ids=["no-credentials", "bucket-missing", "endpoint-unreachable", "no-bucket-variable"],
 )
@@ -533,8 +656,9 @@ def test_upload_problems(released, overrides, fragments):
     if overrides.get("AWS_ENDPOINT_URL") == "closed":
         overrides = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens
     start = time.perf_counter()
-    # An empty MODEL_RELEASE_S3_BUCKET in the environment still wins over the one in .env.
-    result = release(released, "upload-s3", MODEL_RELEASE_S3_PREFIX="problems", **overrides)
+    # An empty variable in the environment still wins over the same name in .env.
+    overrides = {"MODEL_RELEASE_S3_URI": release_uri("problems")} | overrides
+    result = release(released, "upload-s3", **overrides)
     seconds = time.perf_counter() - start
     one_error_line(result, *fragments)
     assert seconds < 60, f"took {seconds:.0f}s"
@@ -581,7 +705,8 @@ def test_a_resnet18_on_own_rgb_images_is_released_and_predicts_anywhere(released
     info = json.loads((root / "releases" / "model_info.json").read_text())
     assert info["parity"]["max_abs_diff"] <= info["parity"]["atol"]
     assert info["onnx_external_data"] == {}  # 44.7 MB of weights, inside model.onnx
-    release(r, "upload-s3", "--version", version, check=True, MODEL_RELEASE_S3_PREFIX="resnet")
+    resnet = release_uri("resnet")
+    release(r, "upload-s3", "--version", version, check=True, MODEL_RELEASE_S3_URI=resnet)
     downloaded = tmp_path / "downloaded"
     manifest = download(r, version_prefix(version, "resnet"), downloaded)
     assert set(manifest["objects"]) == RELEASE_OBJECTS

@@ -16,6 +16,10 @@ from .errors import PipelineError
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+# A release's files, in paths.release and in S3 (release/dvc.yaml spells them too; a test keeps
+# it in step).
+MODEL_FILE = "model.onnx"
+INFO_FILE = "model_info.json"
 
 
 def providers(device: str = "cpu") -> list[str]:

@@ -32,7 +32,7 @@ from .data.store import open_split, read_row_group, split_info
 from .errors import PipelineError, run_main
 from .files import atomic_output
 from .logs import setup_logger
-from .onnx_runtime import onnx_session, run_onnx
+from .onnx_runtime import INFO_FILE, MODEL_FILE, onnx_session, run_onnx
 
 BATCH_SIZE = 256
 SHOWN_SKIPPED = 5  # names of skipped files in the warning; the count covers the rest
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def read_info(model_path: Path) -> dict[str, Any]:
     """model_info.json from beside the model."""
-    info_file = model_path.with_name("model_info.json")
+    info_file = model_path.with_name(INFO_FILE)
     if not info_file.is_file():
         raise PipelineError(
             f"{info_file} not found: it comes with the model from "
@@ -60,7 +60,7 @@ def data_params(info: dict[str, Any], model_path: Path) -> DataConfig:
         data = DataConfig(**info["params"]["data"])
     except (KeyError, TypeError, ValueError) as error:
         raise PipelineError(
-            f"{model_path.with_name('model_info.json')} lacks usable data params ({error}): "
+            f"{model_path.with_name(INFO_FILE)} lacks usable data params ({error}): "
             "export the model again with this version"
         ) from None
     return dataclasses.replace(data, channels=channels, image_size=[height, width])
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger()
 
     def run() -> int:
-        model = args.model or Path(load_config(args.params).paths.release) / "model.onnx"
+        model = args.model or Path(load_config(args.params).paths.release) / MODEL_FILE
         return predict(model, args.source, args.out, args.batch_size, args.skip_corrupt)
 
     return run_main(run)

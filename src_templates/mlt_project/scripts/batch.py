@@ -7,8 +7,8 @@
 The job definition is aws/batch-job.json, or aws/batch-job-multinode.json when
 training.num_nodes in params.yaml is above 1 (its numNodes is set from that value). Settings
 come from the environment, or from .env where the environment is silent: BATCH_IMAGE_URI,
-BATCH_JOB_QUEUE, BATCH_JOB_ROLE_ARN (optional), DVC_S3_BUCKET_NAME and CHECKPOINT_S3_URI
-(passed on to the job), and the usual AWS_DEFAULT_REGION, AWS_PROFILE or keys.
+BATCH_JOB_QUEUE, BATCH_JOB_ROLE_ARN (optional), DVC_S3_URI and CHECKPOINT_S3_URI (passed on to
+the job), and the usual AWS_DEFAULT_REGION, AWS_PROFILE or keys.
 """
 
 from __future__ import annotations
@@ -17,23 +17,18 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import botocore.session
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 from ..config import PARAMS_FILE, load_config
 from ..env import load_env
 from ..errors import PipelineError, run_main
+from .aws import CHECKPOINT_S3_URI, DVC_S3_URI, aws_errors, client, require_credentials, s3_uri
 
 SINGLE_NODE_FILE = Path("aws/batch-job.json")
 MULTI_NODE_FILE = Path("aws/batch-job-multinode.json")
 BUILD_HINT = "the URI docker/build_and_push.sh prints"
-PASSED_TO_JOB = ("DVC_S3_BUCKET_NAME", "CHECKPOINT_S3_URI")
+PASSED_TO_JOB = (DVC_S3_URI, CHECKPOINT_S3_URI)
 
 
 def read_definition(num_nodes: int) -> dict[str, Any]:
@@ -64,9 +59,9 @@ def job_definition(num_nodes: int, image: str, job_role_arn: str | None) -> dict
         # The entrypoint makes the DVC remote from the bucket (scripts.dvc_remote), as on a
         # laptop, and keeps resume checkpoints across retries in CHECKPOINT_S3_URI.
         for name in PASSED_TO_JOB:
-            if os.environ.get(name):
+            if value := s3_uri(name):  # an old name's value goes under the new one
                 variables = container.setdefault("environment", [])
-                variables.append({"name": name, "value": os.environ[name]})
+                variables.append({"name": name, "value": value})
     return request
 
 
@@ -79,7 +74,7 @@ def register(cfg_path: Path, image: str | None) -> dict[str, Any]:
         )
     num_nodes = load_config(cfg_path).training.num_nodes
     request = job_definition(num_nodes, image, os.environ.get("BATCH_JOB_ROLE_ARN") or None)
-    with aws_errors("RegisterJobDefinition"):
+    with aws_errors("AWS Batch"):
         response = batch_client().register_job_definition(**request)
     result = {key: response[key] for key in ("jobDefinitionName", "revision", "jobDefinitionArn")}
     print(f"registered {result['jobDefinitionArn']} (image {image}, {num_nodes} node(s))")
@@ -94,7 +89,7 @@ def submit(cfg_path: Path, queue: str | None, name: str | None) -> str:
     num_nodes = load_config(cfg_path).training.num_nodes
     definition = read_definition(num_nodes)["jobDefinitionName"]
     job_name = name or f"{definition}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with aws_errors("SubmitJob"):
+    with aws_errors("AWS Batch"):
         response = batch_client().submit_job(
             jobName=job_name, jobQueue=queue, jobDefinition=definition
         )
@@ -105,7 +100,7 @@ def submit(cfg_path: Path, queue: str | None, name: str | None) -> str:
 
 def status(job_id: str) -> dict[str, Any]:
     """Print and return the job's name, status and, once it has one, the reason."""
-    with aws_errors("DescribeJobs"):
+    with aws_errors("AWS Batch"):
         jobs = batch_client().describe_jobs(jobs=[job_id])["jobs"]
     if not jobs:
         raise PipelineError(f"no job {job_id!r} in this account and region: check the job id")
@@ -116,37 +111,9 @@ def status(job_id: str) -> dict[str, Any]:
 
 
 def batch_client() -> Any:
-    """A Batch client; botocore reads AWS_ENDPOINT_URL, the region and the credentials itself."""
-    session = botocore.session.get_session()
-    if session.get_credentials() is None:
-        raise PipelineError(
-            "no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (environment or .env), or run where an IAM role applies"
-        )
-    config = BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5)
-    try:
-        return session.create_client("batch", config=config)
-    except NoRegionError:
-        raise PipelineError(
-            "no AWS region: set AWS_DEFAULT_REGION in .env or the environment"
-        ) from None
-
-
-@contextmanager
-def aws_errors(operation: str) -> Iterator[None]:
-    """Turn what AWS refuses (permissions, unknown queue, bad request) into one line."""
-    try:
-        yield
-    except ClientError as error:
-        details = error.response.get("Error", {})
-        raise PipelineError(
-            f"AWS Batch {operation} failed: {details.get('Code', 'error')}: "
-            f"{details.get('Message', error)}"
-        ) from None
-    except NoCredentialsError:
-        raise PipelineError("no AWS credentials found: set AWS_PROFILE or AWS keys") from None
-    except BotoCoreError as error:
-        raise PipelineError(f"AWS Batch {operation} failed: {error}") from None
+    """A Batch client, once the credential chain has found credentials."""
+    require_credentials()
+    return client("batch")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@ container, resumes training instead of starting over.
 
     python -m mlt_project.scripts.checkpoint_sync pull|push|clear
 
-CHECKPOINT_S3_URI (s3://bucket/prefix, in the job's environment or .env) says where; unset,
+CHECKPOINT_S3_URI (s3://bucket/prefix, in the job's environment or .env) says where: the
+checkpoint is <prefix>/last.ckpt. Unset,
 every command does nothing. docker/entrypoint.sh pulls before `dvc repro`, pushes after a
 SIGTERM, and clears after a finished run. Whether a pulled checkpoint fits this run (same params,
 data and code) train.py decides, as for a local one.
@@ -13,30 +14,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from ..config import PARAMS_FILE, Config, load_config
 from ..env import load_env
-from ..errors import PipelineError, run_main
+from ..errors import run_main
 from ..files import atomic_output, sha256_file
 from ..logs import setup_logger
 from ..resume import RESUME_FILE, resume_file
-from .s3 import object_exists, put_file, s3_client, s3_errors
+from .aws import CHECKPOINT_S3_URI, aws_errors, client, object_exists, put_file, s3_location
 
-SETTING = "CHECKPOINT_S3_URI"
 log = logging.getLogger(__name__)
 
 
 def location() -> tuple[str, str] | None:
     """(bucket, key) of the remote checkpoint, or None when CHECKPOINT_S3_URI is unset."""
-    uri = os.environ.get(SETTING, "").strip()
-    if not uri:
-        return None
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    if not uri.startswith("s3://") or not bucket:
-        raise PipelineError(f"{SETTING} {uri!r} is not s3://bucket[/prefix]: fix it")
-    return bucket, f"{prefix.strip('/')}/{RESUME_FILE}".lstrip("/")
+    where = s3_location(CHECKPOINT_S3_URI, "resume checkpoints", required=False)
+    return None if where is None else (where.bucket, where.key(RESUME_FILE))
 
 
 def pull(cfg: Config) -> bool:
@@ -45,12 +39,12 @@ def pull(cfg: Config) -> bool:
     if where is None:
         return False
     bucket, key = where
-    client = s3_client()
-    with s3_errors(bucket, SETTING):
-        if not object_exists(client, bucket, key):
+    s3 = client("s3")
+    with aws_errors("S3", bucket, CHECKPOINT_S3_URI):
+        if not object_exists(s3, bucket, key):
             log.info("no checkpoint at s3://%s/%s: training starts fresh", bucket, key)
             return False
-        response = client.get_object(Bucket=bucket, Key=key)
+        response = s3.get_object(Bucket=bucket, Key=key)
         with atomic_output(resume_file(cfg)) as tmp, tmp.open("wb") as f:
             for chunk in response["Body"].iter_chunks(1 << 20):
                 f.write(chunk)
@@ -64,8 +58,8 @@ def push(cfg: Config) -> bool:
     if where is None or not path.is_file():
         return False
     bucket, key = where
-    with s3_errors(bucket, SETTING):
-        put_file(s3_client(), bucket, key, path, sha256_file(path))
+    with aws_errors("S3", bucket, CHECKPOINT_S3_URI):
+        put_file(client("s3"), bucket, key, path, sha256_file(path))
     log.info("pushed %s to s3://%s/%s", path, bucket, key)
     return True
 
@@ -75,8 +69,8 @@ def clear(cfg: Config) -> None:
     where = location()
     if where is not None:
         bucket, key = where
-        with s3_errors(bucket, SETTING):
-            s3_client().delete_object(Bucket=bucket, Key=key)
+        with aws_errors("S3", bucket, CHECKPOINT_S3_URI):
+            client("s3").delete_object(Bucket=bucket, Key=key)
 
 
 def main(argv: list[str] | None = None) -> int:

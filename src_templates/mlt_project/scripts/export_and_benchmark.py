@@ -29,7 +29,7 @@ from ..errors import PipelineError, run_main
 from ..files import atomic_output
 from ..logs import setup_logger
 from ..onnx_export import check_parity, export_onnx, run_torch
-from ..onnx_runtime import onnx_session, run_onnx
+from ..onnx_runtime import MODEL_FILE, onnx_session, run_onnx
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -75,7 +75,7 @@ def benchmark(
     model = load_network(cfg)
     images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
+        onnx_file = Path(tmp) / MODEL_FILE
         start = time.perf_counter()
         export_onnx(model, onnx_file, cfg.data.input_shape, cfg.release.onnx_opset)
         export_seconds = time.perf_counter() - start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from ..errors import PipelineError
@@ -56,11 +57,37 @@ def require_clean_tree(allow_dirty: bool) -> None:
 
 
 def tag_exists(name: str) -> bool:
+    return tag_commit(name) is not None
+
+
+def tag_commit(name: str) -> str | None:
+    """The commit tag `name` points to, or None when there is no such tag."""
     try:
-        git("rev-parse", "--quiet", "--verify", f"refs/tags/{name}")
+        return git("rev-parse", "--quiet", "--verify", f"refs/tags/{name}^{{commit}}")
     except PipelineError:
-        return False
-    return True
+        return None
+
+
+def delete_tag(name: str) -> None:
+    git("tag", "--delete", name)
+
+
+def push_tag(name: str, remote: str = "origin") -> str:
+    """Push tag `name` to `remote` if the repository has it; return what happened, in words."""
+    command = f"git push {remote} {name}"
+    if remote not in git("remote").split():
+        return f"no git remote {remote!r}: once there is one, run `{command}`"
+    # Never wait for a password prompt: a push that needs one fails and says what to run.
+    result = subprocess.run(
+        ["git", "push", "--quiet", remote, f"refs/tags/{name}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["(no output)"]
+        return f"pushing the tag failed ({lines[-1]}): run `{command}`"
+    return f"pushed tag {name} to {remote}"
 
 
 def create_annotated_tag(name: str, message: str) -> None:

@@ -4,7 +4,9 @@
     python -m mlt_project.scripts.register_model list             # registered models, newest first
 
 The tag's message holds the evaluation metrics, so `git show model-baseline-1a2b3c4` tells what
-the model scored, and `git checkout` + `dvc pull` brings its data and checkpoint back.
+the model scored, and `git checkout` + `dvc pull` brings its data and checkpoint back. It refuses
+uncommitted changes (--allow-dirty) and a training pipeline `dvc status` shows changed
+(--allow-stale): the metrics would not be those of the tagged commit.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from pathlib import Path
 from ..config import PARAMS_FILE, load_config
 from ..env import load_env
 from ..errors import PipelineError, run_main
+from .dvcrepo import require_fresh_pipeline
 from .gitrepo import create_annotated_tag, git, head_commit, require_clean_tree
 
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PREFIX = "model-"
 
 
-def register(tag: str, metrics_path: Path, allow_dirty: bool = False) -> str:
+def register(
+    tag: str, metrics_path: Path, allow_dirty: bool = False, allow_stale: bool = False
+) -> str:
     """Tag HEAD as model-<tag>-<short commit> with the metrics in the message; return the name."""
     if not TAG_RE.fullmatch(tag) or tag.endswith((".", ".lock")):
         raise PipelineError(
@@ -39,6 +44,7 @@ def register(tag: str, metrics_path: Path, allow_dirty: bool = False) -> str:
             f"model {tag!r} is already registered as {taken[0]}: choose another --tag"
         )
     require_clean_tree(allow_dirty)
+    require_fresh_pipeline(allow_stale, str(metrics_path))
     if not metrics_path.is_file():
         raise PipelineError(f"{metrics_path} not found: run `dvc repro` to evaluate the model")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -67,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", choices=["register", "list"], default="register")
     parser.add_argument("--tag", help="the model's name in the tag model-<tag>-<commit>")
     parser.add_argument("--allow-dirty", action="store_true", help="despite uncommitted changes")
+    parser.add_argument(
+        "--allow-stale", action="store_true", help="despite stages `dvc status` shows changed"
+    )
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     if args.command == "register" and not args.tag:
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in registered() or ["no registered models"]:
                 print(line)
             return
-        register(args.tag, Path(load_config(args.params).paths.metrics), args.allow_dirty)
+        metrics = Path(load_config(args.params).paths.metrics)
+        register(args.tag, metrics, args.allow_dirty, args.allow_stale)
 
     return run_main(run)
 

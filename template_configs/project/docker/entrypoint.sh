@@ -5,7 +5,7 @@
 #      NODE_RANK for Lightning (`python -m mlt_project.distributed` holds the mapping and checks).
 #   3. With arguments, run them (`docker run IMAGE python -m mlt_project.eval`). Without, run the
 #      pipeline: dvc pull, dvc repro, dvc push; pull and push only if a default remote is set
-#      (DVC_S3_BUCKET_NAME in the job's environment sets one).
+#      (DVC_S3_URI in the job's environment sets one).
 #   4. SIGTERM (AWS Batch stopping the job, e.g. a Spot reclaim) or Ctrl+C: the signal goes to
 #      every process of the pipeline, so training saves a resume checkpoint (not a DVC output:
 #      the next `dvc repro` resumes from it); then the script exits with 75, which
@@ -62,7 +62,7 @@ if [ "$#" -gt 0 ]; then
     exec "$@"
 fi
 
-if [ -n "${DVC_S3_BUCKET_NAME:-}" ]; then
+if [ -n "${DVC_S3_URI:-}${DVC_S3_BUCKET_NAME:-}" ]; then
     run python -m mlt_project.scripts.dvc_remote  # the S3 remote, into .dvc/config.local
 fi
 if remote="$(dvc remote default 2>/dev/null)"; then
