@@ -155,3 +155,14 @@ def test_data_stages_import_neither_torch_nor_lightning():
 def test_evaluation_and_export_run_the_network_without_lightning():
     modules = "mlt_project.eval, mlt_project.checkpoint, mlt_project.scripts.release"
     assert heavy_imports(modules, {"lightning", "torchmetrics", "torchvision"}) == set()
+
+
+def test_the_spot_reclaim_path_and_inference_import_no_torch():
+    # entrypoint.sh runs checkpoint_sync on SIGTERM with seconds to spare; predict and the AWS
+    # scripts run where only ONNX Runtime is installed.
+    modules = (
+        "mlt_project.scripts.checkpoint_sync, mlt_project.distributed, mlt_project.predict, "
+        "mlt_project.scripts.batch, mlt_project.scripts.dvc_remote, "
+        "mlt_project.scripts.register_model"
+    )
+    assert heavy_imports(modules, {"torch", "lightning"}) == set()

@@ -17,6 +17,7 @@ import yaml
 from .errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+RESUME_FILE = "last.ckpt"  # in paths.checkpoints
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
 
@@ -35,6 +36,11 @@ class PathsConfig:
     logs: str
     release: str  # releases/: model.onnx, model_info.json, benchmark.json
     checkpoints: str  # resume state of an interrupted training run; not a DVC output
+
+    @property
+    def resume_checkpoint(self) -> Path:
+        """The checkpoint an interrupted training run resumes from (train, checkpoint_sync)."""
+        return Path(self.checkpoints) / RESUME_FILE
 
 
 @dataclass(frozen=True)

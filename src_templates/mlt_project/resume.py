@@ -32,7 +32,6 @@ from .data.store import SPLITS, split_path
 from .errors import Interrupted, PipelineError
 from .files import atomic_output, sha256_file
 
-RESUME_FILE = "last.ckpt"
 # The code that decides what training computes, relative to the package: the train stage in
 # dvc.yaml lists the same files (a test keeps the two in step), so DVC retrains exactly when a
 # resume checkpoint stops fitting.
@@ -52,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 def resume_file(cfg: Config) -> Path:
-    return Path(cfg.paths.checkpoints) / RESUME_FILE
+    return cfg.paths.resume_checkpoint
 
 
 def run_fingerprint(cfg: Config) -> str:

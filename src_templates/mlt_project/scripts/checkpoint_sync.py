@@ -16,12 +16,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..config import PARAMS_FILE, Config, load_config
+from ..config import PARAMS_FILE, RESUME_FILE, Config, load_config
 from ..env import load_env
 from ..errors import run_main
 from ..files import atomic_output, sha256_file
 from ..logs import setup_logger
-from ..resume import RESUME_FILE, resume_file
 from .aws import CHECKPOINT_S3_URI, aws_errors, client, object_exists, put_file, s3_location
 
 log = logging.getLogger(__name__)
@@ -45,16 +44,16 @@ def pull(cfg: Config) -> bool:
             log.info("no checkpoint at s3://%s/%s: training starts fresh", bucket, key)
             return False
         response = s3.get_object(Bucket=bucket, Key=key)
-        with atomic_output(resume_file(cfg)) as tmp, tmp.open("wb") as f:
+        with atomic_output(cfg.paths.resume_checkpoint) as tmp, tmp.open("wb") as f:
             for chunk in response["Body"].iter_chunks(1 << 20):
                 f.write(chunk)
-    log.info("pulled s3://%s/%s to %s", bucket, key, resume_file(cfg))
+    log.info("pulled s3://%s/%s to %s", bucket, key, cfg.paths.resume_checkpoint)
     return True
 
 
 def push(cfg: Config) -> bool:
     """Upload the local checkpoint, if there is one; True when one was uploaded."""
-    where, path = location(), resume_file(cfg)
+    where, path = location(), cfg.paths.resume_checkpoint
     if where is None or not path.is_file():
         return False
     bucket, key = where
