@@ -144,8 +144,8 @@ def row_groups(
     """
     block_rows = max(1, min(group_rows, BLOCK_BYTES // int(np.prod(data.input_shape))))
     starts = range(0, len(files), group_rows)
-    blocks = [
-        files[i : i + block_rows]
+    blocks = [  # blocks never straddle row groups
+        files[i : min(i + block_rows, start + group_rows)]
         for start in starts
         for i in range(start, min(start + group_rows, len(files)), block_rows)
     ]

@@ -13,11 +13,12 @@ from mlt_project.errors import PipelineError
 
 
 def test_worker_processes_write_the_same_splits_as_one_process(processed, tmp_path, monkeypatch):
-    # Row groups of 4 images decoded in blocks of 2, one image unreadable: the pool's path through
-    # blocks, row groups and skipped files gives the same bytes as one process.
+    # Row groups of 5 images decoded in blocks of 2 (the last of each group shorter), one image
+    # unreadable: the pool's path through blocks, row groups and skipped files gives the same
+    # bytes as one process.
     (Path(processed.paths.raw) / "circle" / "3.png").write_bytes(b"not a png")
     image_bytes = int(np.prod(processed.data.input_shape))
-    monkeypatch.setattr(stage, "rows_per_group", lambda shape: 4)
+    monkeypatch.setattr(stage, "rows_per_group", lambda shape: 5)
     monkeypatch.setattr(stage, "BLOCK_BYTES", 2 * image_bytes)
     written = {}
     for workers in (2, 1):
