@@ -32,8 +32,9 @@ LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
 ORIENTATION = 0x0112  # the EXIF tag
 SAMPLE_HINT = "run `python -m mlt_project.data.sample_data` for the sample digits"
 
-# Decoded bytes per worker task: few, larger messages through the pipe, whatever the image size.
-BLOCK_BYTES = 2 * 2**20
+# Images per worker task: few, larger messages through the pipe; fewer for large images, so a
+# task's decoded pixels stay under BLOCK_BYTES, and blocks enough to keep every worker busy.
+BLOCK, BLOCK_BYTES = 64, 2 * 2**20
 IN_FLIGHT = 2  # blocks submitted ahead per worker
 IMAGES_PER_WORKER = 1000
 
@@ -142,7 +143,7 @@ def row_groups(
     filled, the blocks in flight and the one being written; the workers decode the next row
     group's blocks while this process writes.
     """
-    block_rows = max(1, min(group_rows, BLOCK_BYTES // int(np.prod(data.input_shape))))
+    block_rows = max(1, min(BLOCK, group_rows, BLOCK_BYTES // int(np.prod(data.input_shape))))
     starts = range(0, len(files), group_rows)
     blocks = [  # blocks never straddle row groups
         files[i : min(i + block_rows, start + group_rows)]
