@@ -52,18 +52,28 @@ class TrainingCurves(L.Callback):
             # Summed where it is: reading it (.item()) would make every step wait for the GPU.
             self.loss_sum = self.loss_sum + loss.detach().float()
             self.batches += 1
+        # The row starts at the epoch's last batch, before a resume checkpoint of this step is
+        # saved: resumed from there, Lightning goes on with the next epoch, skipping this one's
+        # validation and end, so the row then keeps its training loss without validation.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.add_row(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Under DDP each process saw its share of the batches: add up all of them.
-        reduce = trainer.strategy.reduce
-        as_tensor = torch.tensor([float(self.loss_sum), self.batches], device=pl_module.device)
-        loss_sum, batches = reduce(as_tensor, reduce_op="sum").tolist()
+        if self.batches:  # the loader did not tell which batch was its last
+            self.add_row(trainer, pl_module)
+        if not self.rows or self.rows[-1]["epoch"] != trainer.current_epoch:
+            return
         logged = trainer.callback_metrics  # validation has run at this epoch's end
-        row = {"epoch": trainer.current_epoch, "train_loss": loss_sum / max(batches, 1)}
         for column, name in (("val_loss", "val/loss"), ("val_acc", "val/acc")):
             if name in logged:
-                row[column] = float(logged[name])
-        self.rows.append({key: round(value, 6) for key, value in row.items()})
+                self.rows[-1][column] = round(float(logged[name]), 6)
+
+    def add_row(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Under DDP each process saw its share of the batches: add up all of them.
+        totals = torch.tensor([float(self.loss_sum), self.batches], device=pl_module.device)
+        loss_sum, batches = trainer.strategy.reduce(totals, reduce_op="sum").tolist()
+        train_loss = round(loss_sum / max(batches, 1), 6)
+        self.rows.append({"epoch": trainer.current_epoch, "train_loss": train_loss})
         self.loss_sum, self.batches = 0.0, 0
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
