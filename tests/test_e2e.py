@@ -3,6 +3,7 @@ and run what its users run: sample data, `dvc repro`, its own tests and ruff."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sys
@@ -37,18 +38,19 @@ def test_pipeline_runs_all_stages_and_reaches_accuracy(project):
         assert f"Running stage '{stage}'" in trained.repro_stdout
     results = json.loads((host / "evaluation_results.json").read_text())
     assert results["accuracy"] >= 0.90, results
-    assert set(results["per_class"]) == {str(digit) for digit in range(10)}
-    assert sum(c["support"] for c in results["per_class"].values()) == results["num_samples"]
+    # A few numbers, whatever the class count: the per-class figures have a file of their own.
+    assert set(results) == {"loss", "accuracy", "macro_f1", "num_samples"}
+    per_class = read_csv(host / "plots" / "per_class.csv")
+    assert [row["class"] for row in per_class] == [str(digit) for digit in range(10)]
+    assert sum(int(row["support"]) for row in per_class) == results["num_samples"]
     for split in ("train", "val", "test"):
         assert (host / "data" / "processed" / f"{split}.parquet").is_file()
     assert (host / "models" / "model.ckpt").is_file()
-    events = list((host / "logs").rglob("events.out.tfevents.*"))
-    assert events, "no TensorBoard event file"
-    tags = set()
-    for event_file in events:
-        reader = EventAccumulator(str(event_file))
-        reader.Reload()
-        tags |= set(reader.Tags()["scalars"])
+    (event_file,) = (host / "logs").rglob("events.out.tfevents.*")
+    assert event_file.parent == host / "logs" / "train"
+    reader = EventAccumulator(str(event_file))
+    reader.Reload()
+    tags = set(reader.Tags()["scalars"])
     assert {"lr-AdamW", "train/loss", "val/acc", "train/acc"} <= tags, tags
     assert "hp_metric" not in tags  # no placeholder -1 in TensorBoard
     assert "saved models/model.ckpt" in trained.repro_stderr  # the stages' logs are here
@@ -108,20 +110,82 @@ def test_train_depends_on_the_code_the_resume_fingerprint_hashes(project):
     assert sorted(dep.removeprefix(f"src/{MODULE}/") for dep in code) == sorted(TRAINING_CODE)
 
 
-def test_metrics_and_confusion_plot_render(project):
+def test_metrics_and_plots_render(project):
     host, _ = project
-    shown = run("dvc", "metrics", "show", "--json", cwd=host).stdout
-    assert '"accuracy"' in shown
+    shown = run("dvc", "metrics", "show", cwd=host).stdout.splitlines()
+    print("\n".join(["dvc metrics show:", *shown]))
+    assert shown[0].split() == ["Path", "accuracy", "loss", "macro_f1", "num_samples"]
+    assert shown[1].split()[0] == "evaluation_results.json"
+    assert len(shown) == 2
     rows = (host / "plots" / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted"
     results = json.loads((host / "evaluation_results.json").read_text())
     assert len(rows) - 1 == results["num_samples"]
+    curves = read_csv(host / "plots" / "curves.csv")
+    assert [int(row["epoch"]) for row in curves] == list(range(30))  # training.max_epochs
+    assert float(curves[-1]["val_loss"]) < float(curves[0]["val_loss"])
+
     plots = json.loads(run("dvc", "plots", "show", "--json", cwd=host).stdout)
-    (entry,) = plots["data"]["plots/confusion.csv"]
-    assert entry["type"] == "vega"
-    rendered = entry["content"]["data"]["values"]
-    assert len(rendered) == results["num_samples"]
-    assert {"actual", "predicted"} <= set(rendered[0])
+    assert set(plots["data"]) == {
+        "loss",
+        "accuracy",
+        "plots/per_class.csv",
+        "plots/confusion.csv",
+    }
+    rendered = {}
+    for name, (entry,) in plots["data"].items():
+        assert entry["type"] == "vega", name
+        rendered[name] = entry["content"]["data"]["values"]
+    assert len(rendered["plots/confusion.csv"]) == results["num_samples"]
+    assert {"actual", "predicted"} <= set(rendered["plots/confusion.csv"][0])
+    assert len(rendered["plots/per_class.csv"]) == 10
+    assert {(point["field"], point["epoch"]) for point in rendered["loss"]} == {
+        (field, str(epoch)) for field in ("train_loss", "val_loss") for epoch in range(30)
+    }
+    assert len(rendered["accuracy"]) == 30
+
+
+def test_an_experiment_shows_the_summary_metrics_and_keeps_one_log_folder(project_copy):
+    """`dvc exp run` as the README shows it; its metrics are a few columns of `dvc exp show`."""
+    git("add", "-A", cwd=project_copy)
+    git("commit", "--quiet", "-m", "baseline", cwd=project_copy)
+    # Fewer epochs than params.yaml's 30: this checks what an experiment records, in CI time.
+    run(
+        "dvc", "exp", "run", "-S", "model.mlp.hidden_size=64", "-S", "training.max_epochs=5",
+        cwd=project_copy,
+    )  # fmt: skip
+    shown = json.loads(run("dvc", "exp", "show", "--json", cwd=project_copy).stdout)
+    (experiment,) = [
+        rev["data"]
+        for commit in shown
+        for exp in commit.get("experiments") or []
+        for rev in exp["revs"]
+    ]
+    params = experiment["params"]["params.yaml"]["data"]
+    assert params["model"]["mlp"]["hidden_size"] == 64
+    metrics = experiment["metrics"]["evaluation_results.json"]["data"]
+    assert set(metrics) == {"loss", "accuracy", "macro_f1", "num_samples"}  # no per-class column
+    assert 0 < metrics["macro_f1"] <= 1 and 0 < metrics["accuracy"] <= 1 and metrics["loss"] > 0
+    # The retrain replaced the first run's TensorBoard events instead of adding a version_1.
+    logs = project_copy / "logs"
+    files = sorted(str(p.relative_to(logs)) for p in logs.rglob("*") if p.is_file())
+    assert len(files) == 2 and files[1] == "train/hparams.yaml", files
+    assert files[0].startswith("train/events.out.tfevents.")
+    assert len(read_csv(project_copy / "plots" / "curves.csv")) == 5
+
+
+def test_generated_tests_pass_with_the_params_of_a_users_own_data(project_copy):
+    """What the README says to set for one's own images, then the project's own tests."""
+    set_params(
+        project_copy,
+        data__image_size=[32, 32],
+        data__channels=3,
+        data__num_classes=4,
+        model__name="cnn",
+    )
+    tests = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project_copy)
+    assert re.search(r"\d+ passed", tests.stdout)
+    assert "failed" not in tests.stdout and "warning" not in tests.stdout
 
 
 def test_generated_tests_and_ruff_pass(project):
@@ -129,8 +193,14 @@ def test_generated_tests_and_ruff_pass(project):
     tests = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=host)
     assert re.search(r"\d+ passed", tests.stdout)
     assert "failed" not in tests.stdout
+    assert "warning" not in tests.stdout  # pytest config filters what no one can fix
     run("ruff", "check", ".", cwd=host)
     run("ruff", "format", "--check", ".", cwd=host)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_generated_files_contain_no_placeholder(project):

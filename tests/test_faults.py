@@ -86,6 +86,7 @@ def test_sigterm_through_the_entrypoint_saves_exits_75_and_resumes_exactly(proje
     model = project_copy / "models" / "model.ckpt"
     expected = weights(model)  # the fixture's uninterrupted run, same params and code
     expected_metrics = (project_copy / "evaluation_results.json").read_text()
+    expected_curves = (project_copy / "plots" / "curves.csv").read_text()
     resume = project_copy / "checkpoints" / "last.ckpt"
     model.unlink()  # so that dvc repro trains again (and then evaluates)
     shutil.rmtree(project_copy / ".dvc" / "cache")  # nor restores it from its cache
@@ -105,6 +106,15 @@ def test_sigterm_through_the_entrypoint_saves_exits_75_and_resumes_exactly(proje
     assert "resuming from checkpoints/last.ckpt" in again.stderr
     assert_same_weights(model, expected)
     assert (project_copy / "evaluation_results.json").read_text() == expected_metrics
+    # The epochs before the SIGTERM come from the resume checkpoint: dvc repro removed the file.
+    curves = (project_copy / "plots" / "curves.csv").read_text().splitlines()
+    expected = expected_curves.splitlines()
+    assert len(curves) == len(expected)
+    differ = [(got, want) for got, want in zip(curves, expected, strict=True) if got != want]
+    # Unless the SIGTERM came at an epoch's last batch: resumed there, Lightning goes on with the
+    # next epoch without validating that one, whose row keeps its training loss only.
+    assert len(differ) <= 1, differ
+    assert all(got == ",".join(want.split(",")[:2]) + ",," for got, want in differ), differ
     assert not resume.exists()  # a completed run leaves nothing to resume
 
 
@@ -236,18 +246,30 @@ def whole_outputs(project: Path) -> dict[str, str]:
             and len(rows) == 1 + json.loads(metrics.read_text())["num_samples"]
         )
     state[plots.name] = "whole" if plots.exists() else "absent"
+    # CSVs with a row per epoch (training.max_epochs: 30) and per class (the ten digits).
+    for path, header, rows in (
+        (project / "plots" / "curves.csv", "epoch,train_loss,val_loss,val_acc", 30),
+        (project / "plots" / "per_class.csv", "class,precision,recall,f1,support", 10),
+    ):
+        if path.exists():
+            lines = path.read_text().splitlines()
+            assert lines[0] == header and len(lines) == 1 + rows, path
+        state[path.name] = "whole" if path.exists() else "absent"
     return state
 
 
 # stage -> (what DVC deletes before it runs the stage, the outputs in the order they are
 # renamed into place). Train renames its resume checkpoint at steps 200, 400 and 600, then the
-# model.
+# curves at the end of fit, then the model.
 STAGES = {
     "data.preprocess": (["data/processed"], ["train.parquet", "val.parquet", "test.parquet"]),
-    "train": (["models/model.ckpt"], ["last.ckpt"] * 3 + ["model.ckpt"]),
+    "train": (
+        ["models/model.ckpt", "plots/curves.csv"],
+        ["last.ckpt"] * 3 + ["curves.csv", "model.ckpt"],
+    ),
     "eval": (
-        ["evaluation_results.json", "plots/confusion.csv"],
-        ["evaluation_results.json", "confusion.csv"],
+        ["evaluation_results.json", "plots/per_class.csv", "plots/confusion.csv"],
+        ["evaluation_results.json", "per_class.csv", "confusion.csv"],
     ),
 }
 

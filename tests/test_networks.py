@@ -440,3 +440,5 @@ def test_the_evaluation_report_agrees_with_torchmetrics():
         labels, minlength=6
     ).tolist()
     assert report["accuracy"] == pytest.approx(float((preds == labels).float().mean()), abs=1e-6)
+    macro = multiclass_f1_score(preds, labels, 6, average="macro", zero_division=0)
+    assert report["macro_f1"] == pytest.approx(float(macro), abs=1e-6)

@@ -280,7 +280,7 @@ def test_release_tag_and_model_registry(released):
     assert git("cat-file", "-t", name, cwd=root) == "tag"
     assert git("rev-list", "-n", "1", name, cwd=root) == head
     message = git("tag", "-l", "--format=%(contents)", name, cwd=root)
-    assert f"accuracy {accuracy}" in message and '"per_class"' in message
+    assert f"accuracy {accuracy}" in message and '"macro_f1"' in message
     listed = run(*registry, "list", cwd=root, **r.env).stdout
     assert listed.startswith(name)
     again = run(*registry, "--tag", "baseline", cwd=root, check=False, **r.env)

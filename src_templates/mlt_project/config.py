@@ -31,9 +31,11 @@ class PathsConfig:
     raw: str
     processed: str
     model: str
-    metrics: str
-    plots: str
-    logs: str
+    curves: str  # per-epoch losses and accuracy, written by train for `dvc plots`
+    metrics: str  # the summary DVC shows as metrics: loss, accuracy, macro F1
+    per_class: str  # precision, recall, F1 and support per class (a plot, not metrics)
+    plots: str  # the confusion matrix's rows
+    logs: str  # TensorBoard; each training run replaces the last one's events
     release: str  # releases/: model.onnx, model_info.json, benchmark.json
     checkpoints: str  # resume state of an interrupted training run; not a DVC output
 

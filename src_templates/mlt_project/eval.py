@@ -1,4 +1,4 @@
-"""Evaluate the trained network on the test split: metrics JSON and a confusion-matrix plot.
+"""Evaluate the trained network on the test split: summary metrics, per-class figures, confusion.
 
 python -m mlt_project.eval [--params params.yaml]
 
@@ -27,7 +27,10 @@ from .logs import setup_logger
 def classification_report(
     logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]
 ) -> dict[str, object]:
-    """Loss, accuracy and per-class precision/recall/F1/support (0 where a ratio is 0/0)."""
+    """Loss, accuracy, macro F1 and per-class precision/recall/F1/support (0 where a ratio is 0/0).
+
+    Macro F1 is the mean F1 of the classes that occur in the labels or the predictions.
+    """
     preds = logits.argmax(dim=1)
     n = len(class_names)
     # confusion[actual, predicted]
@@ -43,9 +46,11 @@ def classification_report(
         | {"support": int(support[i])}
         for i, name in enumerate(class_names)
     }
+    seen = (support + predicted) > 0
     return {
         "loss": round(float(F.cross_entropy(logits, labels)), 6),
         "accuracy": round(float((preds == labels).float().mean()), 6),
+        "macro_f1": round(float(f1[seen].mean()), 6),
         "num_samples": len(labels),
         "per_class": per_class,
     }
@@ -76,7 +81,11 @@ def predict_split(
 
 
 def evaluate(cfg: Config) -> dict[str, object]:
-    """Write paths.metrics and paths.plots for the checkpoint at paths.model; return the metrics."""
+    """Evaluate the checkpoint at paths.model; return the classification report.
+
+    Writes paths.metrics (the report's few top-level numbers: what `dvc metrics show` and
+    `dvc exp show` list), paths.per_class (one row per class) and paths.plots (confusion rows).
+    """
     log = setup_logger()
     net = load_network(cfg)
     test = split_path(cfg.paths.processed, "test")
@@ -85,15 +94,28 @@ def evaluate(cfg: Config) -> dict[str, object]:
     )
     results = classification_report(logits, labels, class_names)
 
+    summary = {key: value for key, value in results.items() if key != "per_class"}
     with atomic_output(cfg.paths.metrics) as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    # Per-class figures in a file of their own: as metrics they would be 4 columns per class.
+    with atomic_output(cfg.paths.per_class) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        columns = ["precision", "recall", "f1", "support"]
+        writer.writerow(["class", *columns])
+        for name, figures in results["per_class"].items():
+            writer.writerow([name, *(figures[column] for column in columns)])
     # One row per test image, read by `dvc plots show` with the confusion template.
     with atomic_output(cfg.paths.plots) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["actual", "predicted"])
         for actual, predicted in zip(labels.tolist(), logits.argmax(dim=1).tolist(), strict=True):
             writer.writerow([class_names[actual], class_names[predicted]])
-    log.info("test accuracy %.4f, loss %.4f", results["accuracy"], results["loss"])
+    log.info(
+        "test accuracy %.4f, macro F1 %.4f, loss %.4f",
+        results["accuracy"],
+        results["macro_f1"],
+        results["loss"],
+    )
     return results
 
 

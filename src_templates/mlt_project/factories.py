@@ -1,7 +1,8 @@
-"""Factories: the DataModule, the model and the Trainer are built here, from the config."""
+"""Factories: the DataModule, the model and the Trainer (and its callbacks) are built here."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import warnings
 from typing import Any
@@ -14,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from .config import Config
 from .data.datamodule import ImageDataModule
 from .distributed import require_rendezvous
+from .files import atomic_output
 from .model.classifier import ImageClassifier
 from .model.network import build_network, check_sections, network_spec
 
@@ -25,6 +27,69 @@ warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 # Steps between TensorBoard points, loss logs and progress-bar redraws. Drawing the bar (and
 # reading the metrics it shows) every step costs more than a step of a small model.
 LOG_EVERY_N_STEPS = 10
+
+
+class TrainingCurves(L.Callback):
+    """Per-epoch train_loss, val_loss and val_acc, written to a CSV that `dvc plots` draws.
+
+    TensorBoard shows the latest run as it trains; this file is a DVC output of the train stage,
+    so `dvc plots diff` compares the curves of commits and experiments.
+    """
+
+    COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.batches = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            # Summed where it is: reading it (.item()) would make every step wait for the GPU.
+            self.loss_sum = self.loss_sum + loss.detach().float()
+            self.batches += 1
+        # The row starts at the epoch's last batch, before a resume checkpoint of this step is
+        # saved: resumed from there, Lightning goes on with the next epoch, skipping this one's
+        # validation and end, so the row then keeps its training loss without validation.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.add_row(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.batches:  # the loader did not tell which batch was its last
+            self.add_row(trainer, pl_module)
+        if not self.rows or self.rows[-1]["epoch"] != trainer.current_epoch:
+            return
+        logged = trainer.callback_metrics  # validation has run at this epoch's end
+        for column, name in (("val_loss", "val/loss"), ("val_acc", "val/acc")):
+            if name in logged:
+                self.rows[-1][column] = round(float(logged[name]), 6)
+
+    def add_row(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Under DDP each process saw its share of the batches: add up all of them.
+        totals = torch.tensor([float(self.loss_sum), self.batches], device=pl_module.device)
+        loss_sum, batches = trainer.strategy.reduce(totals, reduce_op="sum").tolist()
+        train_loss = round(loss_sum / max(batches, 1), 6)
+        self.rows.append({"epoch": trainer.current_epoch, "train_loss": train_loss})
+        self.loss_sum, self.batches = 0.0, 0
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            with atomic_output(self.path) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+    # Kept in the resume checkpoint: a resumed run writes the epochs before the interruption too.
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "loss_sum": float(self.loss_sum), "batches": self.batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+        self.loss_sum, self.batches = state_dict["loss_sum"], state_dict["batches"]
 
 
 def create_datamodule(cfg: Config) -> ImageDataModule:
@@ -79,14 +144,21 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
         "num_nodes": training.num_nodes,
         "precision": resolve_precision(training.precision, training.accelerator),
         "max_epochs": training.max_epochs,
-        # No hp_metric: TensorBoard would show a placeholder -1 for every run.
-        "logger": TensorBoardLogger(cfg.paths.logs, name="", default_hp_metric=False)
+        # One folder, not version_N per run: train.py clears it when a run starts afresh. No
+        # hp_metric: TensorBoard would show a placeholder -1 for every run.
+        "logger": TensorBoardLogger(
+            cfg.paths.logs, name="", version="train", default_hp_metric=False
+        )
         if logger
         else False,
         "enable_checkpointing": False,  # train.py writes the one checkpoint DVC tracks
         "log_every_n_steps": LOG_EVERY_N_STEPS,
         "callbacks": [TQDMProgressBar(refresh_rate=LOG_EVERY_N_STEPS)]
-        + ([LearningRateMonitor(logging_interval="step")] if logger else []),
+        + (
+            [LearningRateMonitor(logging_interval="step"), TrainingCurves(cfg.paths.curves)]
+            if logger
+            else []
+        ),
         "enable_model_summary": logger,
     }
     options.update(overrides)

@@ -42,13 +42,12 @@ def train(cfg: Config) -> dict[str, float]:
             model.net.compile()
         trainer = create_trainer(cfg)
         trainer.callbacks.append(resume)
-        trainer.fit(
-            model,
-            datamodule=datamodule,
-            # Every process loads the checkpoint itself: the nodes of a multi-node job each have
-            # a disk of their own, so only a single machine resumes.
-            ckpt_path=find_resume(cfg, fingerprint) if cfg.training.num_nodes == 1 else None,
-        )
+        # Every process loads the checkpoint itself: the nodes of a multi-node job each have a
+        # disk of their own, so only a single machine resumes.
+        ckpt_path = find_resume(cfg, fingerprint) if cfg.training.num_nodes == 1 else None
+        if ckpt_path is None and trainer.is_global_zero:
+            clear_events(Path(trainer.logger.log_dir))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except PipelineError:
         print(file=sys.stderr)  # end the progress bar's line: the error gets a line of its own
         raise
@@ -65,6 +64,15 @@ def train(cfg: Config) -> dict[str, float]:
     if trainer.is_global_zero:
         log.info("saved %s; %s", cfg.paths.model, {k: round(v, 4) for k, v in metrics.items()})
     return metrics
+
+
+def clear_events(log_dir: Path) -> None:
+    """Remove the last run's TensorBoard events, so TensorBoard shows this run alone.
+
+    A resumed run keeps them: its events continue the interrupted run's.
+    """
+    for events in log_dir.glob("events.out.tfevents.*"):
+        events.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,8 @@
-"""Fixtures: the project's own params.yaml, shrunk to a tiny data set that trains in seconds."""
+"""Fixtures: the project's own params.yaml, shrunk to a tiny data set that trains in seconds.
+
+The tests hold for any valid params.yaml: they take its network, image size, channels, optimizer
+and augmentation, and override only what would be slow here or need files or the internet.
+"""
 
 from __future__ import annotations
 
@@ -21,19 +25,34 @@ def cfg(tmp_path: Path) -> Config:
     """params.yaml with every path inside tmp_path and training cut to CPU-sized."""
     base = load_config(PROJECT_ROOT / "params.yaml")
     paths = {field.name: str(tmp_path / field.name) for field in dataclasses.fields(base.paths)}
+    max_epochs = 2
     return dataclasses.replace(
         base,
         paths=dataclasses.replace(base.paths, **paths),
         data=dataclasses.replace(
-            base.data, num_classes=len(CLASSES), val_fraction=0.2, test_fraction=0.2
+            base.data,
+            num_classes=len(CLASSES),
+            val_fraction=0.2,
+            test_fraction=0.2,
+            skip_corrupt=False,
+        ),
+        # Random weights: pretrained ones are downloaded, and a weights file may not be here.
+        model=dataclasses.replace(
+            base.model, pretrained="none", weights_file=None, freeze_backbone_epochs=0
         ),
         training=dataclasses.replace(
             base.training,
             batch_size=8,
-            max_epochs=2,
+            max_epochs=max_epochs,
+            # The same share of the run as in params.yaml (it must stay below max_epochs).
+            warmup_epochs=base.training.warmup_epochs * max_epochs / base.training.max_epochs,
             accelerator="cpu",
             devices=1,
+            num_nodes=1,
             precision="32-true",
+        ),
+        runtime=dataclasses.replace(
+            base.runtime, preprocess_workers=1, loader_workers=0, streaming=False, compile=False
         ),
     )
 

@@ -1,9 +1,20 @@
+import csv
+import dataclasses
 import json
+import math
 from pathlib import Path
+
+import pytest
+import torch
 
 from mlt_project.eval import evaluate
 from mlt_project.factories import create_datamodule, create_model, create_trainer
 from mlt_project.train import train
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_fast_dev_run(processed):
@@ -12,10 +23,48 @@ def test_fast_dev_run(processed):
     assert trainer.state.finished
 
 
-def test_train_then_evaluate_writes_checkpoint_and_metrics(processed):
-    metrics = train(processed)
-    assert Path(processed.paths.model).is_file()
+def test_train_then_evaluate_writes_checkpoint_curves_and_metrics(processed):
+    cfg = processed
+    metrics = train(cfg)
+    assert Path(cfg.paths.model).is_file()
     assert "val/acc" in metrics
-    results = evaluate(processed)
-    assert json.loads(Path(processed.paths.metrics).read_text()) == results
-    assert set(results["per_class"]) == {"circle", "square", "stripes"}
+    curves = read_csv(cfg.paths.curves)
+    assert [int(row["epoch"]) for row in curves] == list(range(cfg.training.max_epochs))
+    for row in curves:
+        assert all(math.isfinite(float(row[key])) for key in ("train_loss", "val_loss"))
+        assert 0 <= float(row["val_acc"]) <= 1
+    assert float(curves[-1]["val_acc"]) == pytest.approx(metrics["val/acc"], abs=1e-6)
+
+    results = evaluate(cfg)
+    summary = json.loads(Path(cfg.paths.metrics).read_text())
+    assert summary == {key: results[key] for key in ("loss", "accuracy", "macro_f1", "num_samples")}
+    per_class = read_csv(cfg.paths.per_class)
+    assert [row["class"] for row in per_class] == ["circle", "square", "stripes"]
+    assert sum(int(row["support"]) for row in per_class) == summary["num_samples"]
+    f1 = [float(row["f1"]) for row in per_class]
+    assert summary["macro_f1"] == pytest.approx(sum(f1) / len(f1), abs=1e-5)
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+    reason="needs a GPU that supports bf16",
+)
+def test_bf16_mixed_precision_trains_on_the_gpu(processed):
+    cfg = dataclasses.replace(
+        processed,
+        training=dataclasses.replace(
+            processed.training, accelerator="cuda", precision="bf16-mixed"
+        ),
+    )
+    trainer = create_trainer(
+        cfg,
+        logger=False,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        log_every_n_steps=1,  # the classifier logs train/loss on logging steps only
+    )
+    trainer.fit(create_model(cfg), datamodule=create_datamodule(cfg))
+    assert trainer.global_step == 2
+    for name in ("train/loss", "val/loss"):
+        assert torch.isfinite(trainer.callback_metrics[name]), name
