@@ -10,14 +10,13 @@ default cluster environment reads those three and takes the number of machines f
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
 
-from .config import PARAMS_FILE, load_config
-from .errors import PipelineError, run_main
+from . import cli
+from .config import load_config
+from .errors import PipelineError
 
 NODE_INDEX = "AWS_BATCH_JOB_NODE_INDEX"
 NUM_NODES = "AWS_BATCH_JOB_NUM_NODES"
@@ -102,15 +101,13 @@ def shell_exports(env: Mapping[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
-    args = parser.parse_args(argv)
+    args = cli.parser(__doc__).parse_args(argv)
 
     def run() -> None:
         num_nodes = load_config(args.params).training.num_nodes
         print(shell_exports(node_env(os.environ, num_nodes)), end="")
 
-    return run_main(run)
+    return cli.run(run)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ split is read row group by row group, so memory holds a row group, not the split
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -16,10 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import cli
 from .checkpoint import load_network
-from .config import PARAMS_FILE, Config, load_config
+from .config import Config
 from .data.store import open_split, read_row_group, split_info, split_path
-from .errors import run_main
 from .files import atomic_output
 from .logs import setup_logger
 
@@ -120,10 +119,7 @@ def evaluate(cfg: Config) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
-    args = parser.parse_args(argv)
-    return run_main(lambda: evaluate(load_config(args.params)))
+    return cli.stage(__doc__, evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -19,10 +21,19 @@ from .files import atomic_output
 from .model.classifier import ImageClassifier
 from .model.network import build_network, check_sections, network_spec
 
-# Batches come from in-memory tensors, so worker processes would only add start-up time.
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-# Lightning's own use of a torch API that torch has deprecated; nothing a user can act on.
-warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+# Warnings of Lightning's that a user of this project cannot act on, silenced while training
+# only (not process-wide): batches come from in-memory tensors, where worker processes would
+# only add start-up time; and Lightning's own use of a torch API that torch has deprecated.
+QUIET_WARNINGS = (".*does not have many workers.*", ".*isinstance.treespec, LeafSpec.*")
+
+
+@contextlib.contextmanager
+def quiet_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
 
 # Steps between TensorBoard points, loss logs and progress-bar redraws. Drawing the bar (and
 # reading the metrics it shows) every step costs more than a step of a small model.

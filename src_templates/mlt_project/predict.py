@@ -15,7 +15,6 @@ An unreadable image stops the run; with --skip-corrupt it gets no row and is cou
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -26,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from . import cli
 from .config import PARAMS_FILE, DataConfig, load_config
 from .data.preprocess import IMAGE_SUFFIXES, load_image
 from .data.store import open_split, read_row_group, split_info
-from .errors import PipelineError, run_main
+from .errors import PipelineError
 from .files import atomic_output
-from .logs import setup_logger
 from .onnx_runtime import INFO_FILE, MODEL_FILE, onnx_session, run_onnx
 
 BATCH_SIZE = 256
@@ -177,7 +176,7 @@ def predict(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__, params=False)
     parser.add_argument("source", type=Path, help="a folder of images, or a .parquet split")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
     parser.add_argument(
@@ -191,13 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-corrupt", action="store_true", help="skip unreadable images (counted in a warning)"
     )
     args = parser.parse_args(argv)
-    setup_logger()
 
     def run() -> int:
         model = args.model or Path(load_config(args.params).paths.release) / MODEL_FILE
         return predict(model, args.source, args.out, args.batch_size, args.skip_corrupt)
 
-    return run_main(run)
+    return cli.run(run)
 
 
 if __name__ == "__main__":

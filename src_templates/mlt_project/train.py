@@ -5,7 +5,6 @@ python -m mlt_project.train [--params params.yaml]
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -14,9 +13,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import PARAMS_FILE, Config, load_config
-from .errors import Interrupted, PipelineError, run_main
-from .factories import create_datamodule, create_model, create_trainer
+from . import cli
+from .config import Config
+from .errors import Interrupted, PipelineError
+from .factories import create_datamodule, create_model, create_trainer, quiet_warnings
 from .logs import setup_logger
 from .resume import ResumeCheckpoint, find_resume, resume_file, run_fingerprint, save_checkpoint
 
@@ -47,7 +47,8 @@ def train(cfg: Config) -> dict[str, float]:
         ckpt_path = find_resume(cfg, fingerprint) if cfg.training.num_nodes == 1 else None
         if ckpt_path is None and trainer.is_global_zero:
             clear_events(Path(trainer.logger.log_dir))
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        with quiet_warnings():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except PipelineError:
         print(file=sys.stderr)  # end the progress bar's line: the error gets a line of its own
         raise
@@ -76,10 +77,7 @@ def clear_events(log_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
-    args = parser.parse_args(argv)
-    return run_main(lambda: train(load_config(args.params)))
+    return cli.stage(__doc__, train, argv)
 
 
 if __name__ == "__main__":

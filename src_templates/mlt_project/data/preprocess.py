@@ -8,7 +8,6 @@ on the file list and `data.seed`, so reruns give identical files.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import logging
@@ -22,9 +21,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from ..config import PARAMS_FILE, Config, DataConfig, load_config
-from ..errors import PipelineError, run_main
-from ..logs import setup_logger
+from .. import cli
+from ..config import Config, DataConfig
+from ..errors import PipelineError
 from .store import SPLITS, rows_per_group, split_path, write_chunks
 
 IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
@@ -268,11 +267,7 @@ def preprocess(cfg: Config) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
-    args = parser.parse_args(argv)
-    setup_logger()
-    return run_main(lambda: preprocess(load_config(args.params)))
+    return cli.stage(__doc__, preprocess, argv)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@ A real data set that works offline, so the first `dvc repro` trains for real.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..config import PARAMS_FILE, load_config
-from ..errors import PipelineError, run_main
+from .. import cli
+from ..config import load_config
+from ..errors import PipelineError
 from ..files import atomic_output
 
 
@@ -40,11 +40,10 @@ def write_digits(out_dir: Path, force: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument(
         "--out", type=Path, help="folder to write (default: paths.raw in params.yaml)"
     )
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     parser.add_argument("--force", action="store_true", help="write into a non-empty folder")
     args = parser.parse_args(argv)
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         count = write_digits(out_dir, force=args.force)
         print(f"wrote {count} digit images to {out_dir}/<0-9>/")
 
-    return run_main(run)
+    return cli.run(run)
 
 
 if __name__ == "__main__":

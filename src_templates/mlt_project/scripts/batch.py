@@ -13,16 +13,15 @@ the job), and the usual AWS_DEFAULT_REGION, AWS_PROFILE or keys.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from ..config import PARAMS_FILE, load_config
-from ..env import load_env
-from ..errors import PipelineError, run_main
+from .. import cli
+from ..config import load_config
+from ..errors import PipelineError
 from .aws import CHECKPOINT_S3_URI, DVC_S3_URI, aws_errors, client, require_credentials, s3_uri
 
 SINGLE_NODE_FILE = Path("aws/batch-job.json")
@@ -117,8 +116,7 @@ def batch_client() -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser = cli.parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     register_parser = commands.add_parser("register", help="register a job-definition revision")
     register_parser.add_argument(
@@ -132,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        load_env()
         if args.command == "register":
             register(args.params, args.image)
         elif args.command == "submit":
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             status(args.job_id)
 
-    return run_main(run)
+    return cli.run(run, env=True)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,11 @@ data and code) train.py decides, as for a local one.
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
-from ..config import PARAMS_FILE, RESUME_FILE, Config, load_config
-from ..env import load_env
-from ..errors import run_main
+from .. import cli
+from ..config import RESUME_FILE, Config, load_config
 from ..files import atomic_output, sha256_file
-from ..logs import setup_logger
 from .aws import CHECKPOINT_S3_URI, aws_errors, client, object_exists, put_file, s3_location
 
 log = logging.getLogger(__name__)
@@ -73,14 +69,11 @@ def clear(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("command", choices=("pull", "push", "clear"))
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    setup_logger()
-    load_env()
     commands = {"pull": pull, "push": push, "clear": clear}
-    return run_main(lambda: commands[args.command](load_config(args.params)))
+    return cli.run(lambda: commands[args.command](load_config(args.params)), env=True)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,10 @@ secrets, an instance role) DVC finds itself, and it never lands on disk.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
-from .. import env
-from ..errors import run_main
+from .. import cli, env
 from .aws import DVC_S3_URI, s3_location
 from .dvcrepo import dvc
 
@@ -54,17 +52,16 @@ def configure_remote(name: str = REMOTE) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__, params=False)
     parser.add_argument("--name", default=REMOTE, help=f"remote name (default: {REMOTE})")
     args = parser.parse_args(argv)
-    env.load_env()
 
     def run() -> None:
         url, written = configure_remote(args.name)
         also = f" with {', '.join(written)}" if written else ""
         print(f"DVC remote {args.name!r} -> {url}{also} (in {CONFIG_LOCAL}); now `dvc push`")
 
-    return run_main(run)
+    return cli.run(run, env=True)
 
 
 if __name__ == "__main__":

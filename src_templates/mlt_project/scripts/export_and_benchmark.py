@@ -10,7 +10,6 @@ figures of the export.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -22,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import cli
 from ..checkpoint import load_network
-from ..config import PARAMS_FILE, Config, load_config
+from ..config import Config, load_config
 from ..data.store import read_split, split_path
-from ..errors import PipelineError, run_main
+from ..errors import PipelineError
 from ..files import atomic_output
-from ..logs import setup_logger
 from ..onnx_export import check_parity, export_onnx, run_torch
 from ..onnx_runtime import MODEL_FILE, onnx_session, run_onnx
 
@@ -145,14 +144,12 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 512])
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--out", type=Path, help="default: paths.release/benchmark.json")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    setup_logger()
 
     def run() -> None:
         if min(args.batch_sizes) < 1 or args.warmup < 0 or args.iterations < 1:
@@ -161,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(cfg.paths.release) / "benchmark.json"
         benchmark(cfg, sorted(set(args.batch_sizes)), args.warmup, args.iterations, out)
 
-    return run_main(run)
+    return cli.run(run)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ uncommitted changes (--allow-dirty) and a training pipeline `dvc status` shows c
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
 
-from ..config import PARAMS_FILE, load_config
-from ..env import load_env
-from ..errors import PipelineError, run_main
+from .. import cli
+from ..config import load_config
+from ..errors import PipelineError
 from .dvcrepo import require_fresh_pipeline
 from .gitrepo import create_annotated_tag, git, head_commit, require_clean_tree
 
@@ -69,18 +68,16 @@ def registered() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("command", nargs="?", choices=["register", "list"], default="register")
     parser.add_argument("--tag", help="the model's name in the tag model-<tag>-<commit>")
     parser.add_argument("--allow-dirty", action="store_true", help="despite uncommitted changes")
     parser.add_argument(
         "--allow-stale", action="store_true", help="despite stages `dvc status` shows changed"
     )
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
     if args.command == "register" and not args.tag:
         parser.error("--tag is required to register a model (or use `list`)")
-    load_env()
 
     def run() -> None:
         if args.command == "list":
@@ -90,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = Path(load_config(args.params).paths.metrics)
         register(args.tag, metrics, args.allow_dirty, args.allow_stale)
 
-    return run_main(run)
+    return cli.run(run, env=True)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,12 @@ from typing import Any
 
 import yaml
 
-from .. import PROJECT_NAME
+from .. import PROJECT_NAME, cli
 from ..checkpoint import load_network
 from ..config import PARAMS_FILE, Config, load_config
 from ..data.store import read_split, split_path
-from ..env import load_env
-from ..errors import PipelineError, run_main
+from ..errors import PipelineError
 from ..files import atomic_output, sha256_file
-from ..logs import setup_logger
 from ..onnx_export import MAX_INLINE_BYTES, check_parity, onnx_files, staged_export
 from ..onnx_runtime import INFO_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME
 from .aws import (
@@ -373,8 +371,7 @@ def release(cfg: Config, version: str, params_path: Path = PARAMS_FILE) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", type=Path, default=PARAMS_FILE)
+    common = cli.parser(None, add_help=False)  # --params for the top level and each step
     common.add_argument("--version", help="release version (default: release.version in params)")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[common])
     commands = parser.add_subparsers(dest="command")
@@ -398,8 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     upload.add_argument("--force", action="store_true", help="replace a released version")
     args = parser.parse_args(argv)
-    setup_logger()
-    load_env()
 
     def run() -> None:
         cfg = load_config(args.params)
@@ -423,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             upload_s3(cfg, version, args.force, args.params)
 
-    return run_main(run)
+    return cli.run(run, env=True)
 
 
 if __name__ == "__main__":
