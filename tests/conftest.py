@@ -20,6 +20,7 @@ from helpers import (
     NAME,
     VENV_BIN,
     bootstrap,
+    copy_without_git,
     free_port,
     make_host,
     make_template_repo,
@@ -96,3 +97,10 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory):
             server.kill()
             server.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def image_copy(trained_project, tmp_path_factory) -> Path:
+    """The trained project laid out as in the image (no .git, no template submodule); for runs
+    that stop before DVC does."""
+    return copy_without_git(trained_project.root, tmp_path_factory.mktemp("image") / "app")

@@ -15,6 +15,18 @@ VENV_BIN = Path(sys.executable).parent
 NAME = "digits-e2e"
 MODULE = "digits_e2e"
 GIT_IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.com"]
+# AWS settings for subprocesses: no real account, no metadata service, no ~/.aws files.
+NO_AWS = {
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+FAKE_AWS = {
+    **NO_AWS,
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def env(**extra: str | None) -> dict[str, str]:
@@ -49,13 +61,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def one_bootstrap_error(err: str) -> str:
-    """The single stderr line of a bootstrap user error; no traceback."""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("bootstrap: error: ")
+def one_error_line(
+    result: subprocess.CompletedProcess[str] | str, *fragments: str, among_output: bool = False
+) -> str:
+    """The bad-input contract: exit 1 (for a process), no traceback, and one line on stderr
+    holding every fragment. `among_output`: stderr also carries progress bars and logs, and
+    exactly one of its lines is an `error: ` line."""
+    stderr = result if isinstance(result, str) else result.stderr
+    if not isinstance(result, str):
+        assert result.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    if among_output:
+        lines = [line for line in lines if line.startswith(("error: ", "bootstrap: error: "))]
+    assert len(lines) == 1, stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def one_bootstrap_error(err: str) -> str:
+    """one_error_line of bootstrap's stderr (captured in-process: no exit code to check)."""
+    line = one_error_line(err)
+    assert line.startswith("bootstrap: error: "), line
+    return line
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """env() without any AWS, Batch or rendezvous variable of the machine running this."""
+    base = {
+        key: value
+        for key, value in env().items()
+        if not key.startswith(("AWS_", "BATCH_"))
+        and key not in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
+    return {**base, **extra}
+
+
+def project_env(project: Path, **extra: str) -> dict[str, str]:
+    """clean_env() importing the package from the project's own src/, as the image does: the
+    same code as the installed one, and independent of other sessions sharing the venv."""
+    return clean_env(PYTHONPATH=str(project / "src"), **extra)
+
+
+def sh(*cmd: str | Path, cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """Run in a project with project_env(); never raises (the caller checks the result)."""
+    return subprocess.run(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env=project_env(cwd, **extra),
+        capture_output=True,
+        text=True,
+    )
+
+
+def copy_without_git(source: Path, dest: Path) -> Path:
+    """The project as the image holds it: no .git, no template submodule."""
+    shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+    shutil.rmtree(dest / ".ml-aws-template")
+    return dest
 
 
 def git(*args: str, cwd: Path) -> str:

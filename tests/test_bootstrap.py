@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import bootstrap
-from helpers import one_bootstrap_error
+from helpers import GIT_IDENTITY, one_bootstrap_error
 
 ROOT = Path(bootstrap.__file__).resolve().parent
 SCRIPT = ROOT / "bootstrap.py"
@@ -889,7 +889,7 @@ def test_record_version_is_the_template_head_commit(tmp_path):
         )
 
     def git(*args: str) -> str:
-        command = ["git", "-C", str(template), "-c", "user.name=T", "-c", "user.email=t@e"]
+        command = ["git", "-C", str(template), *GIT_IDENTITY]
         return subprocess.run(
             [*command, *args], check=True, capture_output=True, text=True
         ).stdout.strip()

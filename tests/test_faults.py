@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import MODULE, env, make_host, run, set_params
+from helpers import FAKE_AWS, MODULE, env, make_host, project_env, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +37,6 @@ def _replace_or_die(*args, **kwargs):
     return _replace(*args, **kwargs)
 os.replace = _replace_or_die
 """
-
-
-def project_env(project: Path, **extra: str) -> dict[str, str]:
-    """The copy's own code first: other sessions may reinstall the package meanwhile."""
-    return env(PYTHONPATH=str(project / "src"), **extra)
 
 
 def start(cmd: list[str], project: Path, **extra: str) -> subprocess.Popen[str]:
@@ -72,13 +67,6 @@ def assert_same_weights(path: Path, expected: dict[str, torch.Tensor]) -> None:
     assert actual.keys() == expected.keys()
     for name, tensor in expected.items():
         assert torch.equal(actual[name], tensor), f"{name} differs from the uninterrupted run"
-
-
-def set_param(project: Path, old: str, new: str) -> None:
-    params = project / "params.yaml"
-    text = params.read_text()
-    assert old in text
-    params.write_text(text.replace(old, new, 1))
 
 
 def test_sigterm_through_the_entrypoint_saves_exits_75_and_resumes_exactly(project_copy):
@@ -125,10 +113,8 @@ def test_a_batch_retry_in_a_fresh_container_resumes_from_the_checkpoint_in_s3(
     import botocore.session
 
     aws = {
+        **FAKE_AWS,
         "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
         "CHECKPOINT_S3_URI": "s3://spot-checkpoints/jobs/digits",
     }
     s3 = botocore.session.get_session().create_client(
@@ -166,7 +152,7 @@ def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy):
     expected = weights(model)
     # 20 steps per epoch: a checkpoint every 7 steps lands mid-epoch. Not part of the run's
     # identity, so the fixture's run stays the reference.
-    set_param(project_copy, "checkpoint_every_n_steps: 200", "checkpoint_every_n_steps: 7")
+    set_params(project_copy, runtime__checkpoint_every_n_steps=7)
     resume = project_copy / "checkpoints" / "last.ckpt"
     training = start([sys.executable, "-m", f"{MODULE}.train"], project_copy)
     wait_for(resume, training)

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from helpers import MODULE, NAME, free_port, git, run, set_params
+from helpers import MODULE, NAME, free_port, git, one_error_line, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -158,17 +157,6 @@ def release(r: Released, *args: str, check: bool = False, **overrides: str):
         "python", "-m", f"{MODULE}.scripts.release", *args, cwd=r.root, check=check,
         **(r.env | overrides),
     )  # fmt: skip
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    """Exit 1 and a single stderr line, `error: ...`, holding every fragment."""
-    assert result.returncode == 1, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
 
 
 def objects(r: Released, prefix: str) -> dict[str, dict]:

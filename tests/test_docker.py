@@ -1,0 +1,233 @@
+"""The training image: the Dockerfile, .dockerignore, docker/build_and_push.sh and
+docker/entrypoint.sh (run as a script, in copies laid out as in the image, without .git)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    GIT_IDENTITY,
+    VENV_BIN,
+    clean_env,
+    copy_without_git,
+    free_port,
+    one_error_line,
+    project_env,
+    run,
+    set_params,
+    sh,
+)
+
+BATCH_VARS = {
+    "AWS_BATCH_JOB_NODE_INDEX": "0",
+    "AWS_BATCH_JOB_NUM_NODES": "2",
+    "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0",
+}
+
+
+# --- Dockerfile ------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_dockerfile_passes_hadolint(trained_project):
+    dockerfile = trained_project.root / "Dockerfile"
+    result = run(
+        VENV_BIN / "hadolint", "-f", "json", dockerfile, cwd=trained_project.root, check=False
+    )
+    findings = json.loads(result.stdout or "[]")
+    print(f"hadolint: {len(findings)} finding(s): {findings}")
+    assert [f for f in findings if f["level"] not in ("info", "style")] == []
+
+
+@pytest.mark.e2e
+def test_dockerfile_is_multi_stage_cuda_non_root(trained_project):
+    text = (trained_project.root / "Dockerfile").read_text()
+    stages = re.findall(r"(?m)^FROM (\S+)(?: AS (\S+))?", text)
+    assert [name for _, name in stages] == ["base", "builder", "runtime"]
+    assert re.fullmatch(r"nvidia/cuda:12\.8\.\d+-cudnn-runtime-ubuntu\d+\.\d+", stages[0][0])
+    # Dependencies are installed before the source is copied, so code changes reuse that layer.
+    assert text.index("COPY pyproject.toml poetry.lock* ./") < text.index(
+        "poetry install --only main"
+    )
+    assert text.index("poetry install --only main") < text.index("COPY src ./src")
+    runtime = text.split("AS runtime", 1)[1]
+    user = re.findall(r"(?m)^USER (\S+)", runtime)
+    assert user and not user[-1].startswith(("0", "root"))
+    assert "COPY --from=builder /app/.venv /app/.venv" in runtime
+    entrypoint = json.loads(re.search(r"(?m)^ENTRYPOINT (.+)$", runtime).group(1))
+    script = trained_project.root / entrypoint[0].removeprefix("/app/")
+    assert script.is_file() and script.stat().st_mode & stat.S_IXUSR
+
+
+@pytest.mark.e2e
+def test_dockerignore_keeps_out_git_secrets_data_and_environments(trained_project):
+    lines = (trained_project.root / ".dockerignore").read_text().splitlines()
+    for entry in (".git", ".env", "data/**", "models", "logs", ".venv", ".dvc/cache"):
+        assert entry in lines, entry
+    assert "!data/**/*.dvc" in lines  # the files that say which data to pull
+
+
+# --- docker/build_and_push.sh, with docker and aws stubbed -----------------------------------
+
+
+@pytest.mark.e2e
+def test_build_script_tags_with_the_commit_logs_in_and_pushes(trained_project, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(trained_project.root, project, symlinks=True)
+    run("git", *GIT_IDENTITY, "add", "-A", cwd=project)
+    run("git", *GIT_IDENTITY, "commit", "--quiet", "-m", "baked", cwd=project)
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    log = tmp_path / "calls.log"
+    for tool in ("docker", "aws"):
+        stub = stubs / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\ncat > /dev/null\n')
+        stub.chmod(0o755)
+    repository = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/digits-e2e"
+    path = f"{stubs}{os.pathsep}{clean_env()['PATH']}"
+
+    result = sh("docker/build_and_push.sh", cwd=project, PATH=path, ECR_REPOSITORY_URI=repository)
+    assert result.returncode == 0, result.stderr
+    commit = run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
+    assert result.stdout == f"{repository}:{commit}\n"
+    calls = log.read_text().splitlines()
+    assert calls[0] == f"docker build --tag {repository}:{commit} ."
+    # The two sides of `aws ecr get-login-password | docker login` run at the same time.
+    assert sorted(calls[1:3]) == [
+        "aws ecr get-login-password --region eu-west-1",
+        "docker login --username AWS --password-stdin 123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+    ]
+    assert calls[3:] == [f"docker push {repository}:{commit}"]
+
+    missing = sh("docker/build_and_push.sh", cwd=project, PATH=path)
+    assert "ECR_REPOSITORY_URI" in one_error_line(missing)
+
+
+# --- the entrypoint, run as a script in copies without .git -----------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"AWS_BATCH_JOB_NUM_NODES": "2"}, "multi-node variables partly set"),
+        (BATCH_VARS, "Batch started 2 node(s) but training.num_nodes is 1"),
+    ],
+)
+def test_entrypoint_rejects_bad_node_variables_in_one_line(image_copy, variables, message):
+    result = sh("docker/entrypoint.sh", cwd=image_copy, **variables)
+    assert message in one_error_line(result)
+    assert "Running stage" not in result.stdout
+
+
+def run_entrypoint(project: Path, **extra: str) -> tuple[subprocess.Popen[str], float]:
+    process = subprocess.Popen(
+        ["docker/entrypoint.sh"],
+        cwd=project,
+        env=project_env(project, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so a hung run can be stopped whole
+    )
+    return process, time.perf_counter()
+
+
+def finish(
+    process: subprocess.Popen[str], started: float, timeout: float = 300
+) -> tuple[str, float]:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(
+            f"entrypoint still running after {timeout}s:\n{output[-4000:]}"
+        ) from None
+    seconds = time.perf_counter() - started
+    assert process.returncode == 0, output[-6000:]
+    return output, seconds
+
+
+def training_copy(trained_project, dest: Path, **training: object) -> Path:
+    """A copy without .git whose params train briefly on the CPU, and no checkpoint yet."""
+    project = copy_without_git(trained_project.root, dest)
+    set_params(
+        project,
+        training__accelerator="cpu",
+        training__max_epochs=3,
+        **{f"training__{key}": value for key, value in training.items()},
+    )
+    (project / "models" / "model.ckpt").unlink()
+    return project
+
+
+def accuracy(project: Path) -> float:
+    return json.loads((project / "evaluation_results.json").read_text())["accuracy"]
+
+
+@pytest.mark.e2e
+def test_entrypoint_trains_without_git_one_process_two_devices_two_nodes(trained_project, tmp_path):
+    # One process, through a DVC remote (a local folder): pull, repro, push.
+    single = training_copy(trained_project, tmp_path / "single", devices=1)
+    remote = tmp_path / "dvc-remote"
+    run("dvc", "remote", "add", "--default", "local", remote, cwd=single)
+    output, one_process = finish(*run_entrypoint(single))
+    assert (single / ".dvc" / "config.local").read_text().split() == [
+        "[core]",
+        "no_scm",
+        "=",
+        "true",
+    ]
+    assert "DVC remote 'local'" in output and "Running stage 'train'" in output
+    assert "Running stage 'evaluate'" in output
+    assert any(path.is_file() for path in remote.rglob("*")), "dvc push sent nothing"
+    assert accuracy(single) > 0.5
+
+    # One node, two CPU devices: Lightning starts the second process itself.
+    devices = training_copy(trained_project, tmp_path / "devices", devices=2)
+    output, two_devices = finish(*run_entrypoint(devices))
+    assert "MEMBER: 2/2" in output and "distributed_backend=gloo" in output
+    assert accuracy(devices) > 0.5
+
+    # Two Batch nodes: two copies, two entrypoints, one device each, meeting on 127.0.0.1.
+    main = training_copy(trained_project, tmp_path / "main", devices=1, num_nodes=2)
+    worker = training_copy(trained_project, tmp_path / "worker", devices=1, num_nodes=2)
+    port = str(free_port())
+    child = {
+        **BATCH_VARS,
+        "AWS_BATCH_JOB_NODE_INDEX": "1",
+        "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS": "127.0.0.1",
+    }
+    started_main = run_entrypoint(main, **BATCH_VARS, MASTER_PORT=port)
+    started_worker = run_entrypoint(worker, **child, MASTER_PORT=port)
+    try:
+        worker_output, _ = finish(*started_worker)
+        main_output, two_nodes = finish(*started_main)
+    finally:
+        for process, _ in (started_main, started_worker):
+            if process.poll() is None:  # one node failed: the other would wait for it
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+    assert "distributed_backend=gloo" in main_output and "MEMBER: 1/2" in main_output
+    assert "MEMBER: 2/2" in worker_output
+    assert "Running stage 'evaluate'" in main_output
+    assert (main / "models" / "model.ckpt").is_file()
+    assert not (worker / "models" / "model.ckpt").exists()  # only global rank 0 writes
+    assert accuracy(main) > 0.5
+
+    print(
+        f"entrypoint (dvc repro: train 3 epochs on the CPU + evaluate), same data: "
+        f"1 process {one_process:.1f}s, 1 node x 2 devices {two_devices:.1f}s, "
+        f"2 nodes x 1 device {two_nodes:.1f}s"
+    )
