@@ -22,6 +22,7 @@ import json
 import keyword
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -375,15 +376,16 @@ def print_plan(plan: list[Planned]) -> None:
         print(f"  {item.action:<{width}}  {item.path.as_posix()}")
 
 
-def next_steps(module: str, torch: str) -> str:
-    lock = (
-        "poetry install" if torch == "cpu" else "poetry install        # locks first: a few minutes"
+def next_steps(module: str) -> str:
+    get_poetry = (
+        "\n  pipx install poetry   # not on PATH; or https://python-poetry.org/docs/#installation"
     )
+    poetry = "" if shutil.which("poetry") else get_poetry
     return f"""
-Next steps:
+Next steps:{poetry}
   git add -A && git commit -m "Bootstrap from ml-aws-template"
   cp .env.example .env   # and fill it in, for S3, Docker and AWS Batch
-  {lock}
+  poetry install        # locks first: a few minutes (commit poetry.lock)
   poetry run python -m {module}.data.sample_data   # or put images in data/raw/<class>/
   poetry run dvc repro
   poetry run pytest
@@ -712,7 +714,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=TORCH_VARIANTS,
         default="cu128",
         help="cu128: CUDA 12.8 wheels on Linux x86_64, PyPI elsewhere (default); "
-        "cpu: PyPI only, with a ready poetry.lock (laptops, CI)",
+        "cpu: CPU-only wheels on Linux, PyPI elsewhere (laptops, CI)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     mode = parser.add_mutually_exclusive_group()
@@ -782,7 +784,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     apply_plan(target, plan)
     print_notes(target, plan)
-    print(next_steps(values["module_name"], args.torch))
+    print(next_steps(values["module_name"]))
     return 0
 
 

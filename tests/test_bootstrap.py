@@ -346,7 +346,7 @@ def test_real_templates_render_completely(tmp_path, capsys, torch):
     for dotfile in (".gitignore", ".dvcignore", ".dvc/.gitignore", ".dvc/config"):
         assert dotfile in written
     assert not any(part.startswith("dot-") for p in written for part in p.split("/"))
-    assert ("poetry.lock" in written) == (torch == "cpu")
+    assert "poetry.lock" not in written  # Poetry locks on the first install
     plan = plan_of(capsys.readouterr().out)
     assert plan == dict.fromkeys(written, "create")
 
@@ -845,6 +845,27 @@ def test_script_success_exits_0_quietly_on_stderr(tmp_path):
     assert result.stderr == ""
     assert "poetry run dvc repro" in result.stdout
     assert files_under(tmp_path / "cats") == expected_files("cpu", "cats")
+
+
+def test_next_steps_say_how_to_get_poetry_when_it_is_not_on_path(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git"))
+
+    def next_steps(name: str) -> str:
+        (tmp_path / name).mkdir()
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "--target", name, "--torch", "cpu"],
+            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PATH": str(bin_dir)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("Next steps:")[1]
+
+    assert next_steps("cats").splitlines()[1].startswith("  pipx install poetry")
+    poetry = os.environ.get("POETRY") or shutil.which("poetry")
+    if poetry:  # the real Poetry on PATH: the step is left out
+        (bin_dir / "poetry").symlink_to(poetry)
+        assert next_steps("dogs").splitlines()[1].startswith("  poetry install")
 
 
 # --- record --------------------------------------------------------------------------------

@@ -50,9 +50,10 @@ def test_pyproject_variants_differ_only_in_where_torch_and_onnxruntime_come_from
         "onnxruntime-gpu>=1.20,<1.27",
         "onnxruntime>=1.20",
     }
-    cu_poetry = cu128["tool"]["poetry"]
-    assert set(cu_poetry.pop("dependencies")) == {"torch", "torchvision"}
-    assert [s["name"] for s in cu_poetry.pop("source")] == ["pytorch-cu128"]
+    for variant, config in (("cpu", cpu), ("cu128", cu128)):
+        poetry = config["tool"]["poetry"]
+        assert set(poetry.pop("dependencies")) == {"torch", "torchvision"}
+        assert [s["name"] for s in poetry.pop("source")] == [f"pytorch-{variant}"]
     assert cpu == cu128
 
 
