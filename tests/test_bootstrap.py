@@ -865,7 +865,9 @@ def test_next_steps_say_how_to_get_poetry_when_it_is_not_on_path(tmp_path):
     poetry = os.environ.get("POETRY") or shutil.which("poetry")
     if poetry:  # the real Poetry on PATH: the step is left out
         (bin_dir / "poetry").symlink_to(poetry)
-        assert next_steps("dogs").splitlines()[1].startswith("  poetry install")
+        steps = next_steps("dogs")
+        assert "pipx install poetry" not in steps
+        assert steps.splitlines()[1].startswith("  git add -A")
 
 
 # --- record --------------------------------------------------------------------------------
