@@ -1,7 +1,7 @@
 """Releases against real services on loopback: a moto S3 server, real git tags, DVC's S3 remote.
 
 One copy of the trained project is released once (module fixture), by running the commands of
-the generated README's Releases section as written, with every AWS setting in .env only; the
+the project guide's (PROJECT.md) Releases section as written, with every AWS setting in .env only; the
 tests then check what the bucket, git and the files hold, and that every bad input stops with
 one line and exit 1, leaving no tag and no upload behind.
 """
@@ -94,8 +94,8 @@ def fill_in(env_file: Path, **values: str) -> None:
 
 
 def readme_release_steps(root: Path) -> list[str]:
-    """The commands of the first code block of the README's Releases section."""
-    section = (root / "README.md").read_text().split("\n## Releases\n", 1)[1]
+    """The commands of the first code block of the project guide's Releases section."""
+    section = (root / "PROJECT.md").read_text().split("\n## Releases\n", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
     assert block, "no bash block in the Releases section"
     return [line.split("  #")[0].strip() for line in block[1].splitlines() if line.strip()]
@@ -121,7 +121,7 @@ class Released:
 
 @pytest.fixture(scope="module")
 def released(trained_project, moto_endpoint, tmp_path_factory) -> Released:
-    """A copy of the trained project, released by the README's Releases steps, AWS in .env."""
+    """A copy of the trained project, released by PROJECT.md's Releases steps, AWS in .env."""
     tmp = tmp_path_factory.mktemp("release")
     root = tmp / NAME
     shutil.copytree(trained_project.root, root, symlinks=True)
