@@ -12,8 +12,6 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from .errors import PipelineError
-
 ENV_FILE = Path(".env")
 
 # The names the last load_env() took from the file, not from the real environment.
@@ -32,13 +30,3 @@ def load_env(path: str | Path = ENV_FILE) -> set[str]:
     from_file.clear()
     from_file.update(loaded)
     return loaded
-
-
-def require_env(name: str, purpose: str) -> str:
-    """The value of `name`, or a PipelineError that says where to set it."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise PipelineError(
-            f"{name} is not set ({purpose}): set it in .env (see .env.example) or the environment"
-        )
-    return value

@@ -50,10 +50,6 @@ TRAINING_CODE = (
 log = logging.getLogger(__name__)
 
 
-def resume_file(cfg: Config) -> Path:
-    return cfg.paths.resume_checkpoint
-
-
 def run_fingerprint(cfg: Config) -> str:
     """SHA-256 of what decides the training run: params, processed data and code."""
     package = Path(__file__).resolve().parent
@@ -79,7 +75,7 @@ def run_fingerprint(cfg: Config) -> str:
 
 def find_resume(cfg: Config, fingerprint: str) -> Path | None:
     """The resume checkpoint if it belongs to this run; None (start fresh) otherwise."""
-    path = resume_file(cfg)
+    path = cfg.paths.resume_checkpoint
     if not path.is_file():
         return None
     try:

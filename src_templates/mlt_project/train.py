@@ -18,7 +18,7 @@ from .config import Config
 from .errors import Interrupted, PipelineError
 from .factories import create_datamodule, create_model, create_trainer, quiet_warnings
 from .logs import setup_logger
-from .resume import ResumeCheckpoint, find_resume, resume_file, run_fingerprint, save_checkpoint
+from .resume import ResumeCheckpoint, find_resume, run_fingerprint, save_checkpoint
 
 
 def train(cfg: Config) -> dict[str, float]:
@@ -30,7 +30,9 @@ def train(cfg: Config) -> dict[str, float]:
     log = setup_logger()
     L.seed_everything(cfg.training.seed, workers=True)
     fingerprint = run_fingerprint(cfg)
-    resume = ResumeCheckpoint(resume_file(cfg), fingerprint, cfg.runtime.checkpoint_every_n_steps)
+    resume = ResumeCheckpoint(
+        cfg.paths.resume_checkpoint, fingerprint, cfg.runtime.checkpoint_every_n_steps
+    )
     previous_handler = signal.getsignal(signal.SIGTERM)
     resume.install_handler()  # from here on, SIGTERM means: checkpoint at the next step, then stop
     try:
@@ -60,7 +62,9 @@ def train(cfg: Config) -> dict[str, float]:
             signal.signal(signal.SIGTERM, previous_handler)
     save_checkpoint(trainer, cfg.paths.model)
     if trainer.is_global_zero:
-        resume_file(cfg).unlink(missing_ok=True)  # the run is complete: nothing to resume
+        cfg.paths.resume_checkpoint.unlink(
+            missing_ok=True
+        )  # the run is complete: nothing to resume
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if trainer.is_global_zero:
         log.info("saved %s; %s", cfg.paths.model, {k: round(v, 4) for k, v in metrics.items()})

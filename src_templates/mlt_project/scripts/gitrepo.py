@@ -56,10 +56,6 @@ def require_clean_tree(allow_dirty: bool) -> None:
         )
 
 
-def tag_exists(name: str) -> bool:
-    return tag_commit(name) is not None
-
-
 def tag_commit(name: str) -> str | None:
     """The commit tag `name` points to, or None when there is no such tag."""
     try:
