@@ -713,7 +713,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--torch",
         choices=TORCH_VARIANTS,
         default="cu128",
-        help="cu128: CUDA 12.8 wheels on Linux x86_64, PyPI elsewhere (default); "
+        help="cu128: CUDA 12.8 wheels on Linux, PyPI elsewhere (default); "
         "cpu: CPU-only wheels on Linux, PyPI elsewhere (laptops, CI)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
