@@ -9,28 +9,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import Config
 from .errors import PipelineError
 from .model.network import Network, build_network
+from .tensor_files import load_tensors
 
 # Bump when a checkpoint's contents change incompatibly; readers refuse a newer format.
 # 2: the network's spec in hyper_parameters["network"].
 CHECKPOINT_FORMAT = 2
 FORMAT_KEY = "ml_template"  # not the module name: bootstrap would rename it
 NET_PREFIX = "net."  # the network's weights inside the LightningModule's state_dict
+RETRAIN = "delete it and retrain with `dvc repro`"
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents on the CPU; PipelineError if it is not one or is too new."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # any unpickling failure means the same to a user
-        raise PipelineError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}): delete it and retrain "
-            "with `dvc repro`"
-        ) from None
+def read_checkpoint(path: Path, fix: str = RETRAIN) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU, read as data (tensor_files); PipelineError if it is not
+    one or is too new. `fix` says what to do with a file that is no checkpoint."""
+    checkpoint = load_tensors(path, f"checkpoint {path}", fix)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise PipelineError(f"{path} holds no Lightning checkpoint (no state_dict): {fix}")
     check_format(checkpoint, path)
     return checkpoint
 

@@ -196,7 +196,10 @@ class EvaluationConfig:
 class ReleaseConfig:
     version: str  # a version such as 0.1.0, or "describe": `git describe --tags --match "v*"`
     onnx_opset: int
-    parity_atol: float  # largest |PyTorch - ONNX Runtime| logit difference a release accepts
+    # A logit may differ by parity_atol + parity_rtol * its image's largest |logit| between
+    # PyTorch and ONNX Runtime (onnx_export.parity_bounds).
+    parity_rtol: float
+    parity_atol: float
     parity_samples: int  # test-split images the parity gate compares (all, if fewer)
 
     def __post_init__(self) -> None:
@@ -204,8 +207,8 @@ class ReleaseConfig:
             raise ValueError("version must not be empty")
         if self.onnx_opset < 7:
             raise ValueError("onnx_opset must be at least 7")
-        if self.parity_atol <= 0:
-            raise ValueError("parity_atol must be positive")
+        if self.parity_rtol < 0 or self.parity_atol < 0 or self.parity_rtol + self.parity_atol == 0:
+            raise ValueError("parity_rtol and parity_atol must be >= 0, and not both 0")
         if self.parity_samples < 1:
             raise ValueError("parity_samples must be at least 1")
 

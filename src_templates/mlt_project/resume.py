@@ -74,15 +74,14 @@ def run_fingerprint(cfg: Config) -> str:
 
 
 def find_resume(cfg: Config, fingerprint: str) -> Path | None:
-    """The resume checkpoint if it belongs to this run; None (start fresh) otherwise."""
+    """The resume checkpoint if it belongs to this run; None (start fresh) if there is none or it
+    belongs to another run; PipelineError if it cannot be read."""
     path = cfg.paths.resume_checkpoint
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        checkpoint = read_checkpoint(path)
-    except PipelineError as error:
-        log.warning("%s; starting fresh", error)
-        return None
+    # An unreadable one stops the run, and is kept: starting fresh would overwrite it, and an I/O
+    # error may be over by the next try (AWS Batch retries the job).
+    checkpoint = read_checkpoint(path, fix="move it away (or delete it) to start training afresh")
     if checkpoint.get(FORMAT_KEY, {}).get("fingerprint") != fingerprint:
         log.info("%s is from another run (params, data or code changed): starting fresh", path)
         return None

@@ -50,7 +50,8 @@ def train(cfg: Config) -> dict[str, float]:
         if ckpt_path is None and trainer.is_global_zero:
             clear_events(Path(trainer.logger.log_dir))
         with quiet_warnings():
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            # Data only (tensor_files): find_resume has read the same file that way.
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except PipelineError:
         print(file=sys.stderr)  # end the progress bar's line: the error gets a line of its own
         raise

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..errors import PipelineError
+from ..tensor_files import load_tensors
 from .nets import NETWORKS
 
 NetworkSpec = dict[str, Any]  # name, options, input_shape, num_classes: JSON-able, in hparams
@@ -186,17 +187,25 @@ def pick_weights(models: Any, name: str, pretrained: str) -> Any:
 
 
 def download_weights(weights: Any, name: str, pretrained: str) -> dict[str, torch.Tensor]:
-    """The weights' state_dict from torch's cache, downloaded into it the first time."""
-    try:
-        return weights.get_state_dict(progress=False)
-    except (URLError, ConnectionError, TimeoutError) as error:
-        cache = Path(torch.hub.get_dir()) / "checkpoints"
-        file_name = Path(urlparse(weights.url).path).name
-        raise PipelineError(
-            f"cannot download the {name} {pretrained} weights ({getattr(error, 'reason', error)}): "
-            f"on a machine with internet get {weights.url} and place it at {cache / file_name} "
-            "(or point model.weights_file at it)"
-        ) from None
+    """The weights' state_dict from torch's cache, downloaded into it the first time.
+
+    Read as data: torchvision's own loader unpickles the cached file whole, code and all.
+    """
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Written to a temporary file and moved into place: a cut download leaves no file.
+            torch.hub.download_url_to_file(weights.url, str(cached), progress=False)
+        except (URLError, ConnectionError, TimeoutError) as error:
+            raise PipelineError(
+                f"cannot download the {name} {pretrained} weights "
+                f"({getattr(error, 'reason', error)}): on a machine with internet get "
+                f"{weights.url} and place it at {cached} (or point model.weights_file at it)"
+            ) from None
+    return load_tensors(
+        cached, f"the {name} {pretrained} weights {cached}", "delete it to download it again"
+    )
 
 
 def load_weights_file(body: nn.Module, path: str, name: str) -> None:
@@ -204,13 +213,9 @@ def load_weights_file(body: nn.Module, path: str, name: str) -> None:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"model.weights_file {path} not found: fix the path, or set it to null")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling failure means the same to a user
-        raise PipelineError(
-            f"model.weights_file {path} is not a readable state_dict ({type(error).__name__}): "
-            "save one with torch.save(model.state_dict(), path)"
-        ) from None
+    state = load_tensors(
+        file, f"model.weights_file {path}", "save one with torch.save(model.state_dict(), path)"
+    )
     if isinstance(state, dict) and "state_dict" in state:  # a whole checkpoint
         state = state["state_dict"]
     try:

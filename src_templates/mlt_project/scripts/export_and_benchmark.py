@@ -27,7 +27,7 @@ from ..config import Config, load_config
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
 from ..files import atomic_output
-from ..onnx_export import check_parity, export_onnx, run_torch
+from ..onnx_export import check_parity, export_onnx, parity_summary, run_torch
 from ..onnx_runtime import MODEL_FILE, onnx_session, run_onnx
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -79,7 +79,9 @@ def benchmark(
         export_onnx(model, onnx_file, cfg.data.input_shape, cfg.release.onnx_opset)
         export_seconds = time.perf_counter() - start
         sample = images[: cfg.release.parity_samples]
-        parity = check_parity(model, onnx_file, sample, cfg.release.parity_atol)
+        parity = check_parity(
+            model, onnx_file, sample, rtol=cfg.release.parity_rtol, atol=cfg.release.parity_atol
+        )
         rows = []
         for (runtime, device), run in runners(model, onnx_file).items():
             latency = timings(run, batch_of(images, 1), warmup, iterations) * 1000
@@ -135,11 +137,7 @@ def table(results: dict) -> str:
         lines.append(
             f"{r['runtime']:<12} {r['device']:<6} {r['p50_ms']:>8.3f} {r['p95_ms']:>8.3f}{cells}"
         )
-    parity = results["parity"]
-    lines.append(
-        f"export {results['export_seconds']:.2f}s; parity on {parity['samples']} test images: "
-        f"max abs diff {parity['max_abs_diff']:.3g} (tolerance {parity['atol']:g})"
-    )
+    lines.append(f"export {results['export_seconds']:.2f}s; {parity_summary(results['parity'])}")
     return "\n".join(lines)
 
 

@@ -33,7 +33,13 @@ from ..config import PARAMS_FILE, Config, load_config
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
 from ..files import atomic_output, sha256_file
-from ..onnx_export import MAX_INLINE_BYTES, check_parity, onnx_files, staged_export
+from ..onnx_export import (
+    MAX_INLINE_BYTES,
+    check_parity,
+    onnx_files,
+    parity_summary,
+    staged_export,
+)
 from ..onnx_runtime import INFO_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME
 from .aws import (
     MODEL_RELEASE_S3_URI,
@@ -146,7 +152,14 @@ def export_release(
         # The gate runs on the files about to be moved into place: a failed gate leaves the
         # previous export, and the data it reads, as they were.
         shown_as = f"the new export of {target} (not written)"
-        parity = check_parity(model, staged, images, cfg.release.parity_atol, shown_as)
+        parity = check_parity(
+            model,
+            staged,
+            images,
+            rtol=cfg.release.parity_rtol,
+            atol=cfg.release.parity_atol,
+            shown_as=shown_as,
+        )
     data_files = onnx_files(target)[1:]
     # Nothing here depends on the git commit, so a cached export stays valid after a commit.
     info = {
@@ -169,15 +182,7 @@ def export_release(
     }
     with atomic_output(info_path(cfg)) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    log.info(
-        "exported %s in %.2fs; parity on %d test images: max abs diff %.3g (tolerance %g), "
-        "classes identical",
-        target,
-        export_seconds,
-        parity["samples"],
-        parity["max_abs_diff"],
-        parity["atol"],
-    )
+    log.info("exported %s in %.2fs; %s", target, export_seconds, parity_summary(parity))
     return info
 
 
@@ -274,7 +279,13 @@ def checked_files(cfg: Config, version: str, params_path: Path) -> tuple[dict, d
     files = upload_files(cfg, params_path, info)
     images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
     sample = images[: cfg.release.parity_samples]
-    check_parity(load_network(cfg), files[MODEL_FILE], sample, cfg.release.parity_atol)
+    check_parity(
+        load_network(cfg),
+        files[MODEL_FILE],
+        sample,
+        rtol=cfg.release.parity_rtol,
+        atol=cfg.release.parity_atol,
+    )
     return info, files
 
 
