@@ -3,7 +3,7 @@
 The commands (each runs as `python -m mlt_project.<module>`):
 
     data.sample_data   data.preprocess   train   eval   predict   distributed
-    scripts.release    scripts.register_model   scripts.export_and_benchmark
+    scripts.release    scripts.export   scripts.register_model   scripts.export_and_benchmark
     scripts.dvc_remote   scripts.batch   scripts.checkpoint_sync
 
 Imports nothing heavy: a command's own module decides what it needs.

@@ -19,16 +19,28 @@ def git(*args: str, strip: bool = True) -> str:
     except FileNotFoundError:
         raise PipelineError("git is not installed: install it and commit your project") from None
     if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines() or ["(no output)"]
-        raise PipelineError(f"git {args[0]} failed: {lines[-1]}")
+        raise PipelineError(f"git {args[0]} failed: {git_says(result.stderr or result.stdout)}")
     return result.stdout.strip() if strip else result.stdout
 
 
+def git_says(output: str) -> str:
+    """git's complaint in one line: its `fatal:` line, and the advice it ends with, if any."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()] or [
+        "(no output)"
+    ]
+    first = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1])
+    # e.g. "fatal: detected dubious ownership ..." followed by the safe.directory command
+    return first if first == lines[-1] else f"{first} ({lines[-1]})"
+
+
 def head_commit(short: bool = False) -> str:
-    """The commit checked out; a PipelineError outside a repository or before the first commit."""
+    """The commit checked out; a PipelineError outside a repository or before the first commit,
+    or with git's own words when git refuses the repository (e.g. its owner is another user)."""
     try:
         inside = git("rev-parse", "--is-inside-work-tree") == "true"
-    except PipelineError:
+    except PipelineError as error:
+        if "not a git repository" not in str(error):
+            raise
         inside = False
     if not inside:
         raise PipelineError("not a git repository: run `git init` and commit the project first")
@@ -45,14 +57,16 @@ def uncommitted() -> list[str]:
     return [line[3:] for line in status.splitlines() if line.strip()]  # lines are "XY path"
 
 
-def require_clean_tree(allow_dirty: bool) -> None:
-    """Refuse to go on when the working tree differs from HEAD, unless `allow_dirty`."""
+def require_clean_tree(allow_dirty: bool, flag: str | None = "--allow-dirty") -> None:
+    """Refuse to go on when the working tree differs from HEAD, unless `allow_dirty`; the message
+    offers `flag` where the command has one."""
     changed = uncommitted()
     if changed and not allow_dirty:
         more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        offer = f", or pass {flag}" if flag else ""
         raise PipelineError(
             f"the working tree has uncommitted changes ({changed[0]}{more}): commit or stash "
-            "them so the tag names what was released, or pass --allow-dirty"
+            f"them so the tag names what was released{offer}"
         )
 
 

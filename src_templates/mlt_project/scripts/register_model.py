@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import cli
 from ..config import load_config
 from ..errors import PipelineError
+from ..files import read_json
 from .dvcrepo import require_fresh_pipeline
 from .gitrepo import create_annotated_tag, git, head_commit, require_clean_tree
 
@@ -44,9 +45,7 @@ def register(
         )
     require_clean_tree(allow_dirty)
     require_fresh_pipeline(allow_stale, str(metrics_path))
-    if not metrics_path.is_file():
-        raise PipelineError(f"{metrics_path} not found: run `dvc repro` to evaluate the model")
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = read_json(metrics_path, "run `dvc repro` to evaluate the model")
     name = f"{PREFIX}{tag}-{commit}"
     summary = ", ".join(
         f"{key} {value}" for key, value in metrics.items() if isinstance(value, int | float)

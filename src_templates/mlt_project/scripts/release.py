@@ -17,337 +17,23 @@ params, so a cached one stays valid after a commit; the commit goes into the S3 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
-import re
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .. import PROJECT_NAME, cli
-from ..checkpoint import load_network
+from .. import cli
 from ..config import PARAMS_FILE, Config, load_config
-from ..data.store import read_split, split_path
 from ..errors import PipelineError
-from ..files import atomic_output, sha256_file
-from ..onnx_export import (
-    MAX_INLINE_BYTES,
-    check_parity,
-    onnx_files,
-    parity_summary,
-    staged_export,
-)
-from ..onnx_runtime import INFO_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME
-from .aws import (
-    MODEL_RELEASE_S3_URI,
-    S3Location,
-    aws_errors,
-    client,
-    object_exists,
-    put_file,
-    require_credentials,
-    s3_location,
-    stored_sha256,
-)
 from .dvcrepo import dvc, require_fresh_pipeline
-from .gitrepo import (
-    create_annotated_tag,
-    delete_tag,
-    git,
-    head_commit,
-    push_tag,
-    require_clean_tree,
-    tag_commit,
-    uncommitted,
-)
+from .export import add_max_inline_bytes, export_release
+from .gitrepo import create_annotated_tag, delete_tag, head_commit, push_tag, require_clean_tree
+from .tag import create_tag, require_free_tag, tag_message
+from .upload import S3Location, checked_files, git_state, put_release, release_target, upload_s3
+from .version import resolve_version, tag_name
 
 log = logging.getLogger(__name__)
 
-VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-DVC_LOCK = Path("dvc.lock")
 RELEASE_PIPELINE = "release/dvc.yaml"
-MANIFEST = "manifest.json"
-
-
-def resolve_version(cfg: Config, override: str | None = None) -> str:
-    """--version, else release.version; `describe` asks git for the nearest release tag (v*)."""
-    version = override or cfg.release.version
-    if version == "describe":
-        head_commit()  # a clear error outside a repository or before the first commit
-        version = git("describe", "--tags", "--always", "--match", "v*").removeprefix("v")
-    if not VERSION_RE.fullmatch(version):
-        raise PipelineError(
-            f"release version {version!r} is not usable in a tag or an S3 key: use letters, "
-            "digits and '._+-', e.g. 0.1.0"
-        )
-    return version
-
-
-def tag_name(version: str) -> str:
-    return version if version.startswith("v") else f"v{version}"
-
-
-def onnx_path(cfg: Config) -> Path:
-    return Path(cfg.paths.release) / MODEL_FILE
-
-
-def info_path(cfg: Config) -> Path:
-    return Path(cfg.paths.release) / INFO_FILE
-
-
-def read_json(path: Path, hint: str) -> Any:
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: {hint}")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def data_hashes(cfg: Config) -> dict[str, str]:
-    """The md5 DVC recorded in dvc.lock for the raw and processed data (empty without a lock)."""
-    if not DVC_LOCK.is_file():
-        return {}
-    lock = yaml.safe_load(DVC_LOCK.read_text(encoding="utf-8")) or {}
-    wanted = {cfg.paths.raw.rstrip("/"), cfg.paths.processed.rstrip("/")}
-    found = {}
-    for stage in lock.get("stages", {}).values():
-        for entry in stage.get("deps", []) + stage.get("outs", []):
-            if entry.get("path", "").rstrip("/") in wanted and "md5" in entry:
-                found[entry["path"]] = entry["md5"]
-    return found
-
-
-def git_state(tag: str) -> dict[str, Any]:
-    """HEAD, whether the tree has uncommitted changes, and `tag` if it names HEAD; None outside
-    git."""
-    try:
-        commit = head_commit()
-    except PipelineError:
-        return {"git_commit": None, "git_dirty": None, "git_tag": None}
-    tagged = tag if tag_commit(tag) == commit else None
-    return {"git_commit": commit, "git_dirty": bool(uncommitted()), "git_tag": tagged}
-
-
-def export_release(
-    cfg: Config,
-    version: str,
-    params_path: Path = PARAMS_FILE,
-    max_inline_bytes: int = MAX_INLINE_BYTES,
-) -> dict[str, Any]:
-    """Write paths.release/model.onnx (+ its data files) and model_info.json, if the gate passes.
-
-    Weights over `max_inline_bytes` go to external-data files beside model.onnx.
-    """
-    model = load_network(cfg)
-    metrics = read_json(Path(cfg.paths.metrics), "run `dvc repro` to evaluate the model first")
-    images, _, class_names = read_split(split_path(cfg.paths.processed, "test"))
-    images = images[: cfg.release.parity_samples]
-    target = onnx_path(cfg)
-    start = time.perf_counter()
-    with staged_export(
-        model, target, cfg.data.input_shape, cfg.release.onnx_opset, max_inline_bytes
-    ) as staged:
-        export_seconds = time.perf_counter() - start
-        # The gate runs on the files about to be moved into place: a failed gate leaves the
-        # previous export, and the data it reads, as they were.
-        shown_as = f"the new export of {target} (not written)"
-        parity = check_parity(
-            model,
-            staged,
-            images,
-            rtol=cfg.release.parity_rtol,
-            atol=cfg.release.parity_atol,
-            shown_as=shown_as,
-        )
-    data_files = onnx_files(target)[1:]
-    # Nothing here depends on the git commit, so a cached export stays valid after a commit.
-    info = {
-        "project": PROJECT_NAME,
-        "version": version,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", *cfg.data.input_shape]},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", cfg.data.num_classes]},
-        "class_names": class_names,
-        "onnx_opset": cfg.release.onnx_opset,
-        "onnx_sha256": sha256_file(target),
-        # Weights too big for one protobuf message: files beside model.onnx, shipped with it.
-        "onnx_external_data": {path.name: sha256_file(path) for path in data_files},
-        "checkpoint_sha256": sha256_file(cfg.paths.model),
-        "export_seconds": round(export_seconds, 3),
-        "parity": parity,
-        "metrics": metrics,
-        "params": yaml.safe_load(Path(params_path).read_text(encoding="utf-8")),
-        "data": data_hashes(cfg),
-    }
-    with atomic_output(info_path(cfg)) as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    log.info("exported %s in %.2fs; %s", target, export_seconds, parity_summary(parity))
-    return info
-
-
-def release_info(cfg: Config, version: str) -> dict[str, Any]:
-    """model_info.json, checked to describe `version` and the checkpoint and metrics as they are."""
-    hint = "run `dvc repro release/dvc.yaml` (or `python -m mlt_project.scripts.release`)"
-    info = read_json(info_path(cfg), hint)
-    stale = None
-    if info.get("version") != version:
-        stale = f"is for version {info.get('version')}, not {version}"
-    elif info.get("checkpoint_sha256") != sha256_file(cfg.paths.model):
-        stale = f"was exported from another {cfg.paths.model}"
-    elif info.get("metrics") != read_json(Path(cfg.paths.metrics), "run `dvc repro`"):
-        stale = f"records other metrics than {cfg.paths.metrics}"
-    if stale:
-        raise PipelineError(f"{info_path(cfg)} {stale}: {hint} to export again")
-    return info
-
-
-def tag_message(version: str, info: dict[str, Any]) -> str:
-    metrics = info.get("metrics", {})
-    return (
-        f"{PROJECT_NAME} {version}: accuracy {metrics.get('accuracy')}, loss {metrics.get('loss')}"
-        f"\n\nonnx sha256 {info['onnx_sha256']}\ncheckpoint sha256 {info['checkpoint_sha256']}\n"
-    )
-
-
-def require_free_tag(tag: str, commit: str) -> bool:
-    """True when `tag` is free; False when it names `commit` already (a release that stopped
-    after tagging); an error when it names another commit."""
-    tagged = tag_commit(tag)
-    if tagged is not None and tagged != commit:
-        raise PipelineError(
-            f"tag {tag} already exists (on {tagged[:12]}): bump release.version in params.yaml "
-            "(or pass --version)"
-        )
-    return tagged is None
-
-
-def create_tag(cfg: Config, version: str, allow_dirty: bool = False) -> str:
-    """Tag HEAD `v<version>`, with the metrics in the message; return the tag."""
-    tag, commit = tag_name(version), head_commit()
-    if not require_free_tag(tag, commit):
-        raise PipelineError(f"tag {tag} already exists on HEAD: nothing to do")
-    require_clean_tree(allow_dirty)
-    create_annotated_tag(tag, tag_message(version, release_info(cfg, version)))
-    log.info("tagged %s as %s", commit[:12], tag)
-    return tag
-
-
-def upload_files(cfg: Config, params_path: Path, info: dict[str, Any]) -> dict[str, Path]:
-    """What a release holds, by object name; model.onnx and its data files as exported."""
-    model = onnx_path(cfg)
-    others = {
-        Path(cfg.paths.model).name: Path(cfg.paths.model),
-        INFO_FILE: info_path(cfg),
-        Path(cfg.paths.metrics).name: Path(cfg.paths.metrics),
-        "params.yaml": Path(params_path),
-    }
-    for path in [model, *others.values()]:
-        if not path.is_file():
-            raise PipelineError(f"{path} not found: run `dvc repro release/dvc.yaml`")
-    exported = {path.name: path for path in onnx_files(model)}
-    recorded = {model.name: info.get("onnx_sha256"), **info.get("onnx_external_data", {})}
-    for name, path in exported.items():
-        if not path.is_file() or sha256_file(path) != recorded.get(name):
-            raise PipelineError(
-                f"{path} is not the file export-onnx wrote ({INFO_FILE} records "
-                f"{', '.join(sorted(recorded))}): run export-onnx again"
-            )
-    return exported | others
-
-
-def release_target(version: str, force: bool = False) -> tuple[S3Location, Any]:
-    """Where `version` goes, and an S3 client, once the settings, credentials and bucket are
-    known to work and the version is not released yet (unless `force`)."""
-    where = s3_location(MODEL_RELEASE_S3_URI, "where releases go")
-    require_credentials()
-    s3 = client("s3")
-    with aws_errors("S3", where.bucket, where.setting):
-        s3.head_bucket(Bucket=where.bucket)
-        released = object_exists(s3, where.bucket, where.key(version, MANIFEST))
-    if released and not force:
-        raise PipelineError(
-            f"version {version} is already released at {where.uri(version)}/: bump "
-            "release.version in params.yaml, or pass --force to replace it"
-        )
-    return where, s3
-
-
-def checked_files(cfg: Config, version: str, params_path: Path) -> tuple[dict, dict[str, Path]]:
-    """model_info.json and the files to upload, after the parity gate on the exact ONNX file."""
-    info = release_info(cfg, version)
-    files = upload_files(cfg, params_path, info)
-    images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
-    sample = images[: cfg.release.parity_samples]
-    check_parity(
-        load_network(cfg),
-        files[MODEL_FILE],
-        sample,
-        rtol=cfg.release.parity_rtol,
-        atol=cfg.release.parity_atol,
-    )
-    return info, files
-
-
-def put_release(
-    s3: Any, where: S3Location, version: str, files: dict[str, Path], git: dict[str, Any]
-) -> dict[str, Any]:
-    """Upload, read every object back, then write the manifest last; return the manifest.
-
-    A version counts as released only when its manifest exists, so an interrupted upload is
-    simply run again.
-    """
-    bucket, base = where.bucket, where.key(version) + "/"
-    hashes = {name: sha256_file(path) for name, path in files.items()}
-    with aws_errors("S3", bucket, where.setting):
-        # Unreleased first, so nobody takes a half-replaced version as released.
-        s3.delete_object(Bucket=bucket, Key=base + MANIFEST)
-        start = time.perf_counter()
-        for name, path in files.items():
-            put_file(s3, bucket, base + name, path, hashes[name])
-        upload_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        for name in files:
-            actual, claimed = stored_sha256(s3, bucket, base + name)
-            if actual != hashes[name] or claimed != hashes[name]:
-                raise PipelineError(
-                    f"{where.uri(version, name)} does not match {files[name]} after upload "
-                    f"(sha256 {actual}): run the upload again"
-                )
-        manifest = {
-            "project": PROJECT_NAME,
-            "version": version,
-            **git,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "objects": {
-                name: {"sha256": hashes[name], "size": path.stat().st_size}
-                for name, path in files.items()
-            },
-        }
-        body = (json.dumps(manifest, indent=2) + "\n").encode()
-        s3.put_object(Bucket=bucket, Key=base + MANIFEST, Body=body)
-        if s3.get_object(Bucket=bucket, Key=base + MANIFEST)["Body"].read() != body:
-            raise PipelineError(f"{where.uri(version, MANIFEST)} does not read back as written")
-        verify_seconds = time.perf_counter() - start
-    size = sum(path.stat().st_size for path in files.values())
-    log.info(
-        "released %s/: %d objects (%.2f MB) uploaded in %.2fs, verified in %.2fs",
-        where.uri(version),
-        len(files),
-        size / 1e6,
-        upload_seconds,
-        verify_seconds,
-    )
-    return manifest
-
-
-def upload_s3(
-    cfg: Config, version: str, force: bool = False, params_path: Path = PARAMS_FILE
-) -> dict[str, Any]:
-    """Upload the exported release on its own (no tag needed); return the manifest."""
-    where, s3 = release_target(version, force)
-    files = checked_files(cfg, version, params_path)[1]
-    return put_release(s3, where, version, files, git_state(tag_name(version)))
 
 
 def check(cfg: Config, version: str) -> tuple[S3Location, Any, bool]:
@@ -355,7 +41,7 @@ def check(cfg: Config, version: str) -> tuple[S3Location, Any, bool]:
     a training pipeline dvc.lock agrees with, a free tag, the S3 settings, credentials and
     bucket, an unreleased version. Return where it goes, an S3 client, and whether to tag."""
     commit = head_commit()
-    require_clean_tree(allow_dirty=False)
+    require_clean_tree(allow_dirty=False, flag=None)  # a release is of a commit, always
     require_fresh_pipeline(False, "the release", flag=None)
     needs_tag = require_free_tag(tag_name(version), commit)
     where, s3 = release_target(version)
@@ -390,13 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser(
         "export-onnx", parents=[common], help="checkpoint -> ONNX, behind the parity gate"
     )
-    export.add_argument(
-        "--max-inline-bytes",
-        type=int,
-        default=MAX_INLINE_BYTES,
-        help="weights over this size go to external-data files beside model.onnx "
-        f"(default {MAX_INLINE_BYTES:,}: protobuf's 2 GiB limit, less room for the graph)",
-    )
+    add_max_inline_bytes(export)
     tag = commands.add_parser(
         "create-tag", parents=[common], help="annotated git tag v<version> on HEAD"
     )
