@@ -86,7 +86,7 @@ def disk_full(relative: str) -> Callable[[Path], None]:
 def edit_checkpoint(change: Callable[[dict], None]) -> Callable[[Path], None]:
     def edit(project: Path) -> None:
         path = project / "models" / "model.ckpt"
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # data, no code
         change(checkpoint)
         torch.save(checkpoint, path)
 
@@ -104,6 +104,14 @@ def other_shape(checkpoint: dict) -> None:
 
 def no_setup(project: Path) -> None:
     pass
+
+
+def write(relative: str, text: str) -> Callable[[Path], None]:
+    def put(project: Path) -> None:
+        (project / relative).parent.mkdir(parents=True, exist_ok=True)
+        (project / relative).write_text(text)
+
+    return put
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,7 @@ CASES = [
     Case("raw empty", "data.preprocess", empty_raw, "has no class folders"),
     Case("class without images", "data.preprocess", class_without_images, "class folder data/raw/7 has no images"),
     Case("corrupt image", "data.preprocess", corrupt_image, "cannot read image data/raw/3/0003.png"),
+    Case("corrupt image: the switch to skip it", "data.preprocess", corrupt_image, "replace or remove the file, or set data.skip_corrupt: true"),
     Case("class count differs", "data.preprocess", edit_params("  num_classes: 10", "  num_classes: 9"), "set data.num_classes: 10"),
     Case("image size differs from checkpoint", "eval", edit_params("  image_size: [8, 8]", "  image_size: [16, 16]"), "was trained with input_shape (1, 8, 8) but params.yaml gives (1, 16, 16)"),
     Case("channels differ from checkpoint", "eval", edit_params("  channels: 1 ", "  channels: 3 "), "retrain with `dvc repro`"),
@@ -147,6 +156,8 @@ CASES = [
     Case("release: bad version", "scripts.release", no_setup, "release version 'v 1' is not usable", ("export-onnx", "--version", "v 1")),
     Case("release: not evaluated", "scripts.release", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`", ("export-onnx",)),
     Case("predict: no released model", "predict", no_setup, "releases/model_info.json not found", ("data/raw/3",)),
+    Case("predict: corrupt model_info.json", "predict", write("releases/model_info.json", '{"version": '), "releases/model_info.json is not valid JSON (Expecting value at line 1)", ("data/raw/3",)),
+    Case("release: corrupt metrics", "scripts.release", write("evaluation_results.json", "{"), "evaluation_results.json is not valid JSON", ("export-onnx",)),
 ]  # fmt: skip
 
 

@@ -235,6 +235,7 @@ def test_unreadable_images_stop_or_are_skipped_and_counted(tmp_path):
     with pytest.raises(PipelineError, match="--skip-corrupt") as failure:
         list(image_batches(paths, data_config(), 4, None))
     assert str(paths[1]) in str(failure.value)
+    assert "data.skip_corrupt" not in str(failure.value), "a switch predict does not read"
     skipped: list[Path] = []
     batches = list(image_batches(paths, data_config(), 4, skipped))
     assert [n for names, _ in batches for n in names] == [str(p) for p in paths if p != paths[1]]

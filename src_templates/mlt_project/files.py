@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import PipelineError
 
@@ -54,3 +56,16 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_json(path: str | Path, hint: str) -> Any:
+    """A JSON file's contents; a missing or corrupt file is a PipelineError that ends in `hint`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: {hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        detail = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8 text"
+        where = f" at line {error.lineno}" if isinstance(error, json.JSONDecodeError) else ""
+        raise PipelineError(f"{path} is not valid JSON ({detail}{where}): {hint}") from None

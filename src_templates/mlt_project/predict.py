@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from .config import PARAMS_FILE, DataConfig, load_config
 from .data.preprocess import IMAGE_SUFFIXES, load_image
 from .data.store import open_split, read_row_group, split_info
 from .errors import PipelineError
-from .files import atomic_output
+from .files import atomic_output, read_json
 from .onnx_runtime import INFO_FILE, MODEL_FILE, onnx_session, run_onnx
 
 BATCH_SIZE = 256
@@ -43,13 +42,11 @@ log = logging.getLogger(__name__)
 
 def read_info(model_path: Path) -> dict[str, Any]:
     """model_info.json from beside the model."""
-    info_file = model_path.with_name(INFO_FILE)
-    if not info_file.is_file():
-        raise PipelineError(
-            f"{info_file} not found: it comes with the model from "
-            "`python -m mlt_project.scripts.release export-onnx` or a downloaded release"
-        )
-    return json.loads(info_file.read_text(encoding="utf-8"))
+    return read_json(
+        model_path.with_name(INFO_FILE),
+        "it comes with the model from `python -m mlt_project.scripts.release export-onnx` or a "
+        "downloaded release",
+    )
 
 
 def data_params(info: dict[str, Any], model_path: Path) -> DataConfig:
@@ -87,7 +84,7 @@ def image_batches(
             images.append(load_image(path, data))
         except PipelineError as error:
             if skipped is None:
-                raise PipelineError(f"{error}; or pass --skip-corrupt to skip it") from None
+                raise PipelineError(f"{error}, or pass --skip-corrupt to skip it") from None
             skipped.append(path)
             continue
         names.append(str(path))

@@ -91,9 +91,9 @@ def load_image(path: Path, data: DataConfig) -> np.ndarray:
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # The caller says how to skip it: preprocess and predict have different switches.
         raise PipelineError(
-            f"cannot read image {path}: {error}; replace or remove the file, or set "
-            "data.skip_corrupt: true to skip unreadable images"
+            f"cannot read image {path}: {error}; replace or remove the file"
         ) from None
     return pixels[None] if data.channels == 1 else pixels.transpose(2, 0, 1)
 
@@ -118,9 +118,11 @@ def decode_block(files: list[Path], data: DataConfig) -> tuple[np.ndarray, list[
         try:
             images[kept] = load_image(path, data)
             kept += 1
-        except PipelineError:
+        except PipelineError as error:
             if not data.skip_corrupt:
-                raise
+                raise PipelineError(
+                    f"{error}, or set data.skip_corrupt: true to skip unreadable images"
+                ) from None
             bad.append(path)
     return images[:kept], bad
 
