@@ -18,6 +18,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from helpers import MODULE, REPO, env, run, set_params
 from mlt_project.checkpoint import load_network
@@ -33,6 +34,9 @@ from mlt_project.train import train
 
 PARAMS = REPO / "template_configs" / "project" / "params.yaml"
 RESNET18_FILE = "resnet18-f37072fd.pth"  # the name torchvision's IMAGENET1K_V1 weights have
+# The normalisation torchvision's ImageNet weights were trained with, written out.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def config(tmp_path: Path, *, model=None, training=None, augment=None, data=None) -> Config:
@@ -102,8 +106,12 @@ def test_grayscale_images_go_through_an_rgb_network(tmp_path):
     )
     net = create_model(cfg).net.eval()
     gray = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
-    # The same as feeding the RGB image whose three channels are that gray.
-    expected = net.body((gray.float().expand(-1, 3, -1, -1) / 255 - net.mean) / net.std)
+    # The reference: torchvision's own resnet18 with the same weights, fed the RGB image whose
+    # three channels are that gray, prepared as torchvision prepares ImageNet inputs.
+    reference = torchvision.models.resnet18(num_classes=3).eval()
+    reference.load_state_dict(net.body.state_dict())
+    rgb = F.to_dtype(F.grayscale_to_rgb(gray), torch.float32, scale=True)
+    expected = reference(F.normalize(rgb, mean=IMAGENET_MEAN, std=IMAGENET_STD))
     torch.testing.assert_close(net(gray), expected)
 
 
