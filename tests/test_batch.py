@@ -95,7 +95,7 @@ def test_trainer_uses_ddp_for_several_devices_and_refuses_nodes_without_rendezvo
 
 @pytest.fixture(scope="module")
 def aws(moto_endpoint) -> dict[str, str]:
-    """What the user sets up once in AWS (README: AWS setup): a compute environment and queue."""
+    """What the user sets up once in AWS (PROJECT.md: AWS setup): a compute environment and queue."""
     import boto3
 
     settings = {"endpoint_url": moto_endpoint, "region_name": "us-east-1"}

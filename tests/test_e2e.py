@@ -146,7 +146,7 @@ def test_metrics_and_plots_render(project):
 
 
 def test_an_experiment_shows_the_summary_metrics_and_keeps_one_log_folder(project_copy):
-    """`dvc exp run` as the README shows it; its metrics are a few columns of `dvc exp show`."""
+    """`dvc exp run` as PROJECT.md shows it; its metrics are a few columns of `dvc exp show`."""
     git("add", "-A", cwd=project_copy)
     git("commit", "--quiet", "-m", "baseline", cwd=project_copy)
     # Fewer epochs than params.yaml's 30: this checks what an experiment records, in CI time.
@@ -175,7 +175,7 @@ def test_an_experiment_shows_the_summary_metrics_and_keeps_one_log_folder(projec
 
 
 def test_generated_tests_pass_with_the_params_of_a_users_own_data(project_copy):
-    """What the README says to set for one's own images, then the project's own tests."""
+    """What PROJECT.md says to set for one's own images, then the project's own tests."""
     set_params(
         project_copy,
         data__image_size=[32, 32],

@@ -35,7 +35,7 @@ DVC_BUCKET = "dvc-store"
 PREFIX = "models"
 VERSION = "0.1.0"
 RELEASE_STAGES = {"release/dvc.yaml:export_onnx"}
-# The Releases section of the generated README, command by command (comments dropped).
+# The Releases section of the generated PROJECT.md, command by command (comments dropped).
 README_RELEASE_STEPS = [
     "cp .env.example .env",
     'git add -A && git commit -m "Release 0.1.0"',
@@ -666,7 +666,7 @@ def write_rgb_pngs(raw: Path, classes: int, per_class: int, size: int) -> None:
 
 def test_a_resnet18_on_own_rgb_images_is_released_and_predicts_anywhere(released, tmp_path):
     """A user's own data (3x32x32 RGB, 4 classes) and a torchvision network, set in params.yaml
-    as the README says: the pipeline, the project's own tests, a release to S3, and predict in
+    as PROJECT.md says: the pipeline, the project's own tests, a release to S3, and predict in
     an empty folder holding only what the manifest lists."""
     root = tmp_path / NAME
     shutil.copytree(released.root, root, symlinks=True)

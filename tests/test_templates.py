@@ -67,3 +67,31 @@ def test_guide_layout_lists_every_module_on_a_line_of_its_own():
         if path.name != "__init__.py" and "__pycache__" not in path.parts
     ]
     assert sorted(listed) == sorted(modules)
+
+
+def readme_params_table() -> dict[str, set[str]]:
+    """The keys README's params table names, by section: the backticked names of each row's
+    second cell, leaving out what parentheses say about them (values, examples)."""
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("### The params\n", 1)[1].split("\n## ", 1)[0]
+    keys = {}
+    for section, cell in re.findall(r"^\| `(\w+)` \| (.+) \|$", table, re.MULTILINE):
+        keys[section] = set(re.findall(r"`(\w+)`", re.sub(r"\([^()]*\)", "", cell)))
+    return keys
+
+
+def test_readme_params_table_names_every_key_of_config_py():
+    import dataclasses
+    import typing
+
+    from mlt_project.config import Config
+
+    expected = {
+        name: {
+            field.name
+            for field in dataclasses.fields(kind)
+            if field.name != getattr(kind, "EXTRA_SECTIONS", None)  # model's network sections
+        }
+        for name, kind in typing.get_type_hints(Config).items()
+    }
+    assert readme_params_table() == expected

@@ -98,7 +98,7 @@ def test_a_code_running_weights_file_or_cached_download_runs_nothing(tmp_path, m
     plant(weights, marker)
     with pytest.raises(PipelineError, match=f"model.weights_file {weights} holds Python code"):
         create_model(resnet18_config(tmp_path, weights_file=str(weights)))
-    # The file torchvision's download would have left in torch's cache (README: place it there
+    # The file torchvision's download would have left in torch's cache (PROJECT.md: place it there
     # on a machine without internet).
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = plant(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth", marker)
