@@ -198,6 +198,82 @@ def test_batch_bad_input_is_one_line(aws, image_copy):
     assert "no AWS credentials found" in one_error_line(no_credentials)
 
 
+def managed_environment(batch, ec2, iam, name: str, kind: str) -> str:
+    """A managed compute environment of `kind` (EC2 or SPOT) in a fresh VPC; its ARN."""
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName=name, Description=name, VpcId=vpc)["GroupId"]
+    role = iam.create_role(RoleName=f"{name}-service", AssumeRolePolicyDocument="{}")["Role"]
+    profile = iam.create_instance_profile(InstanceProfileName=f"{name}-instance")
+    resources = {
+        "type": kind,
+        "minvCpus": 0,
+        "maxvCpus": 64,
+        "desiredvCpus": 0,
+        "instanceTypes": ["c7i.8xlarge"],
+        "subnets": [subnet],
+        "securityGroupIds": [group],
+        "instanceRole": profile["InstanceProfile"]["Arn"],
+    }
+    if kind == "SPOT":
+        resources.update(bidPercentage=100, spotIamFleetRole=role["Arn"])
+    return batch.create_compute_environment(
+        computeEnvironmentName=name,
+        type="MANAGED",
+        state="ENABLED",
+        serviceRole=role["Arn"],
+        computeResources=resources,
+    )["computeEnvironmentArn"]
+
+
+def test_multi_node_job_is_refused_for_a_spot_only_queue(
+    moto_endpoint, tmp_path, monkeypatch, capsys
+):
+    """AWS Batch does not run multi-node parallel jobs on Spot: submit says so in one line,
+    before a job that would never start is queued; a queue with EC2 capacity takes it."""
+    import boto3
+
+    from mlt_project.scripts import batch as batch_script
+
+    templates = Path(__file__).resolve().parent.parent / "template_configs"
+    shutil.copytree(templates / "torch-cpu" / "aws", tmp_path / "aws")
+    shutil.copy(templates / "project" / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    settings = {"endpoint_url": moto_endpoint, "region_name": "us-east-1"}
+    batch, ec2, iam = (boto3.client(service, **settings) for service in ("batch", "ec2", "iam"))
+    spot = managed_environment(batch, ec2, iam, "spot-ce", "SPOT")
+    on_demand = managed_environment(batch, ec2, iam, "on-demand-ce", "EC2")
+    for queue, environments in (("spot-only", [spot]), ("mixed", [spot, on_demand])):
+        batch.create_job_queue(
+            jobQueueName=queue,
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[
+                {"order": i, "computeEnvironment": arn} for i, arn in enumerate(environments, 1)
+            ],
+        )
+
+    def submit(queue: str, num_nodes: int) -> tuple[int, str]:
+        set_params(tmp_path, training__num_nodes=num_nodes)
+        assert batch_script.main(["register", "--image", IMAGE]) == 0
+        code = batch_script.main(["submit", "--queue", queue])
+        return code, capsys.readouterr().err
+
+    code, err = submit("spot-only", 2)
+    assert code == 1
+    line = one_error_line(err, "'spot-only' has only Spot compute environments (spot-ce)")
+    assert "on-demand" in line and "training.num_nodes: 1" in line
+    statuses = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+    queued = [
+        batch.list_jobs(jobQueue="spot-only", jobStatus=s)["jobSummaryList"] for s in statuses
+    ]
+    assert queued == [[]] * len(statuses)
+    assert submit("mixed", 2)[0] == 0  # one EC2 environment is enough
+    assert submit("spot-only", 1)[0] == 0  # single-node jobs run on Spot
+
+
 # --- the project guide's AWS setup ---------------------------------------------------------
 
 
