@@ -135,7 +135,7 @@ def test_dockerfile_variants_differ_only_in_the_base_image():
 def compile_commands(dockerfile: Path) -> dict[str, str]:
     """{folder: the builder's `python3 -m compileall ...` command for it}."""
     builder = dockerfile.read_text().split("AS builder", 1)[1].split("AS runtime", 1)[0]
-    found = re.findall(r"(python3 -m compileall [^\\\n]*?(/app/\S+))\s*$", builder, re.M)
+    found = re.findall(r"(python3 -m compileall [^\n]*?(/app/[\w.]+))", builder)
     return {folder: command for command, folder in found}
 
 
