@@ -90,6 +90,7 @@ EXPECTED_TREE = (
     "tests/test_preprocess.py",
     "tests/test_release.py",
     "tests/test_train.py",
+    "weights/README.md",
 )
 
 
