@@ -40,7 +40,8 @@ TOKENS = {b"mlt_project": "module_name", b"mlt-project": "project_name"}
 TOKEN_RE = re.compile(rb"mlt[_-]project")
 
 # What is written where: (folder in this template, folder in the host project).
-# `{torch}` picks the pyproject.toml (and lock) of the chosen PyTorch variant.
+# `{torch}` picks the chosen PyTorch variant's pyproject.toml, Dockerfile (CUDA image or not) and
+# aws/batch-job*.json (GPUs or none); each has the same destination in both variants.
 MANIFEST = (
     ("template_configs/project", "."),
     ("template_configs/torch-{torch}", "."),
@@ -713,8 +714,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--torch",
         choices=TORCH_VARIANTS,
         default="cu128",
-        help="cu128: CUDA 12.8 wheels on Linux, PyPI elsewhere (default); "
-        "cpu: CPU-only wheels on Linux, PyPI elsewhere (laptops, CI)",
+        help="cu128: CUDA 12.8 wheels on Linux, PyPI elsewhere, a CUDA image and GPU jobs "
+        "(default); cpu: CPU-only wheels on Linux, PyPI elsewhere, no CUDA, no GPUs (laptops, CI)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     mode = parser.add_mutually_exclusive_group()

@@ -12,6 +12,7 @@ P3m peak RSS of preprocess (main process + workers) on 4,000 RGB images at 64, 1
 P4  PyTorch eager p50 latency / ONNX Runtime p50 latency at batch 1, default model, CPU.
 P5  a no-op `dvc repro` in a baked project.   P6  the whole default pipeline on the sample data.
 P7  ResNet-18 on 3x32x32 synthetic images: Lightning epoch / bare loop, both accumulating train accuracy.
+P8  `import lightning` (and torch) without .pyc / after the Dockerfile's compileall, alternating.
 
 `--root` measures another checkout of this repository (e.g. a copy taken before a change):
 its templates are imported and baked instead of this one's. See BENCHMARKS.md.
@@ -28,6 +29,7 @@ import logging
 import os
 import platform
 import pty
+import re
 import shutil
 import statistics
 import subprocess
@@ -56,6 +58,7 @@ TARGETS = {  # id -> (comparison, bound); ratios are "ours / baseline" unless na
     "P5 no-op repro (s)": ("<=", 3.0),
     "P6 pipeline (s)": ("<=", 12.0),
     "P7 resnet18": ("<=", 1.05),
+    "P8 import lightning no-pyc/pyc": (">=", 1.5),
 }
 
 
@@ -321,6 +324,120 @@ def p7(root: Path, tmp: Path, log: Path) -> dict:
     )
     return {
         "resnet18-3x32x32": p1_case(cfg, warmup=1, measured=2, rounds=2, log=log, train_acc=True)
+    }
+
+
+# ---------------------------------------------------------------- P8: bytecode at image build
+
+
+def distributions(names: list[str]) -> list:
+    """The installed distributions `names` need, dependencies and their extras included (torch
+    takes the CUDA libraries through cuda-toolkit's extras)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, metadata.Distribution] = {}
+    done: set[tuple[str, str]] = set()
+    pending = [(name, "") for name in names]
+    while pending:
+        name, extra = pending.pop()
+        name = canonicalize_name(name)
+        if (name, extra) in done:
+            continue
+        done.add((name, extra))
+        try:
+            dist = found.get(name) or metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # an optional dependency this venv does not have
+        found[name] = dist
+        for spec in dist.requires or []:
+            requirement = Requirement(spec)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                pending += [(requirement.name, "")]
+                pending += [(requirement.name, wanted) for wanted in requirement.extras]
+    return list(found.values())
+
+
+def venv_without_bytecode(dest: Path, names: list[str]) -> Path:
+    """A fresh venv holding `names` as this one has them, without one .pyc (the state Poetry's
+    installer leaves in the image); the files are hard links. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", dest], check=True)
+    python = dest / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    for dist in distributions(names):
+        for file in dist.files or []:
+            if "__pycache__" in file.parts or file.suffix == ".pyc" or ".." in file.parts:
+                continue
+            source, target = Path(dist.locate_file(file)), Path(purelib, file)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+    return python
+
+
+def dockerfile_compileall(root: Path, venv: Path, python: Path) -> list[str]:
+    """The builder's compileall command for /app/.venv, from the template's Dockerfile."""
+    dockerfile = (root / "template_configs" / "torch-cpu" / "Dockerfile").read_text()
+    (command,) = re.findall(r"python3 -m compileall [^\n]*?/app/\.venv\b", dockerfile)
+    argv = command.split()
+    assert argv[:3] == ["python3", "-m", "compileall"], command
+    return [str(python), *argv[1:-1], str(venv)]
+
+
+def p8(root: Path, tmp: Path, log: Path, rounds: int = 5) -> dict:
+    """`import lightning` / `import torch` in a fresh venv without .pyc (PYTHONDONTWRITEBYTECODE,
+    as the image's runtime) against a copy compiled by the Dockerfile's compileall command; the
+    two sides alternate, each round starting with the other one, after one warm-up each."""
+    sides = {
+        "no_pyc": venv_without_bytecode(tmp / "p8" / "no-pyc", ["lightning"]),
+        "pyc": venv_without_bytecode(tmp / "p8" / "pyc", ["lightning"]),
+    }
+    command = dockerfile_compileall(root, tmp / "p8" / "pyc", sides["pyc"])
+    start = time.perf_counter()
+    with log.open("a") as out:  # exits 1 on files for other Pythons, as in the image (|| true)
+        failed = subprocess.run(command, stdout=out, stderr=out).returncode != 0
+    compile_s = time.perf_counter() - start
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+
+    def seconds(python: Path, module: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([python, "-c", f"import {module}"], env=env, check=True)
+        return time.perf_counter() - start
+
+    results = {}
+    for module in ("torch", "lightning"):
+        times: dict[str, list[float]] = {side: [] for side in sides}
+        for python in sides.values():  # warm-up: the page cache, for both alike
+            seconds(python, module)
+        for round_ in range(rounds):
+            order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]
+            for side in order:
+                times[side].append(seconds(sides[side], module))
+        medians = {side: statistics.median(v) for side, v in times.items()}
+        results[module] = {
+            "seconds": times,
+            "median_s": medians,
+            "spread_s": {side: [min(v), max(v)] for side, v in times.items()},
+            "ratio": medians["no_pyc"] / medians["pyc"],
+        }
+    left = list((tmp / "p8" / "no-pyc").rglob("*.pyc"))
+    assert not left, f"the no-pyc side wrote bytecode: {left[:3]}"
+    compiled = sum(1 for _ in (tmp / "p8" / "pyc").rglob("*.pyc"))
+    return {
+        **results,
+        "compileall_s": compile_s,
+        "compileall_reported_errors": failed,
+        "pyc_files": compiled,
+        "rounds": rounds,
+        "command": command[1:-1],
     }
 
 
@@ -705,6 +822,15 @@ def rows(results: dict) -> list[tuple[str, float | None, str]]:
             f"{r['overhead_ms_per_step']:+.1f} ms/step"
         )
         out.append(("P7 resnet18", r["ratio"], detail))
+    if "P8" in results:
+        r = results["P8"]
+        detail = "; ".join(
+            f"{m} {r[m]['median_s']['no_pyc']:.2f} vs {r[m]['median_s']['pyc']:.2f} s "
+            f"(ranges {r[m]['spread_s']['no_pyc'][0]:.2f}-{r[m]['spread_s']['no_pyc'][1]:.2f}, "
+            f"{r[m]['spread_s']['pyc'][0]:.2f}-{r[m]['spread_s']['pyc'][1]:.2f}; x{r[m]['ratio']:.2f})"
+            for m in ("lightning", "torch")
+        )
+        out.append(("P8 import lightning no-pyc/pyc", r["lightning"]["ratio"], detail))
     if "P2" in results:
         r = results["P2"]
         out.append(("P2 setup", r["ratio"], f"{r['setup_s']:.3f} vs {r['arrow_s']:.3f} s"))
@@ -771,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=HERE.parent, help="checkout to measure")
     parser.add_argument(
-        "--only", default="P1,P2,P2b,P3,P3m,P4,P5,P7", help="comma-separated (P5 runs P6)"
+        "--only", default="P1,P2,P2b,P3,P3m,P4,P5,P7,P8", help="comma-separated (P5 runs P6)"
     )
     parser.add_argument("--out", type=Path, default=HERE.parent / "bench-results" / "latest.json")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
@@ -800,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         "P4": p4,
         "P5": p5_p6,
         "P7": p7,
+        "P8": p8,
     }
     names = {name.upper(): name for name in benches}
     wanted = [names[b.strip().upper()] for b in args.only.split(",")]

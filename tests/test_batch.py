@@ -21,6 +21,7 @@ BATCH_VARS = {
     "AWS_BATCH_JOB_NUM_NODES": "2",
     "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0",
 }
+VARIANTS = ("cu128", "cpu")
 IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/digits-e2e:{'a' * 40}"
 
 
@@ -151,9 +152,9 @@ def test_batch_register_submit_status_single_and_multi_node(aws, image_copy, tmp
     variables = definition["containerProperties"]["environment"]
     assert {"name": "DVC_S3_URI", "value": "s3://dvc-bucket/x"} in variables
     assert {"name": "CHECKPOINT_S3_URI", "value": checkpoints} in variables
-    assert {"type": "GPU", "value": "1"} in definition["containerProperties"][
-        "resourceRequirements"
-    ]
+    # The project is a --torch cpu one: its image has no CUDA, its job asks for no GPU.
+    reserved = definition["containerProperties"]["resourceRequirements"]
+    assert {r["type"] for r in reserved} == {"VCPU", "MEMORY"}
     # moto stores the action in lower case, as AWS's API accepts either.
     retry = [
         {**rule, "action": rule["action"].upper()}
@@ -197,26 +198,130 @@ def test_batch_bad_input_is_one_line(aws, image_copy):
     assert "no AWS credentials found" in one_error_line(no_credentials)
 
 
+def managed_environment(batch, ec2, iam, name: str, kind: str) -> str:
+    """A managed compute environment of `kind` (EC2 or SPOT) in a fresh VPC; its ARN."""
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName=name, Description=name, VpcId=vpc)["GroupId"]
+    role = iam.create_role(RoleName=f"{name}-service", AssumeRolePolicyDocument="{}")["Role"]
+    profile = iam.create_instance_profile(InstanceProfileName=f"{name}-instance")
+    resources = {
+        "type": kind,
+        "minvCpus": 0,
+        "maxvCpus": 64,
+        "desiredvCpus": 0,
+        "instanceTypes": ["c7i.8xlarge"],
+        "subnets": [subnet],
+        "securityGroupIds": [group],
+        "instanceRole": profile["InstanceProfile"]["Arn"],
+    }
+    if kind == "SPOT":
+        resources.update(bidPercentage=100, spotIamFleetRole=role["Arn"])
+    return batch.create_compute_environment(
+        computeEnvironmentName=name,
+        type="MANAGED",
+        state="ENABLED",
+        serviceRole=role["Arn"],
+        computeResources=resources,
+    )["computeEnvironmentArn"]
+
+
+def test_multi_node_job_is_refused_for_a_spot_only_queue(
+    moto_endpoint, tmp_path, monkeypatch, capsys
+):
+    """AWS Batch does not run multi-node parallel jobs on Spot: submit says so in one line,
+    before a job that would never start is queued; a queue with EC2 capacity takes it."""
+    import boto3
+
+    from mlt_project.scripts import batch as batch_script
+
+    templates = Path(__file__).resolve().parent.parent / "template_configs"
+    shutil.copytree(templates / "torch-cpu" / "aws", tmp_path / "aws")
+    shutil.copy(templates / "project" / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    settings = {"endpoint_url": moto_endpoint, "region_name": "us-east-1"}
+    batch, ec2, iam = (boto3.client(service, **settings) for service in ("batch", "ec2", "iam"))
+    spot = managed_environment(batch, ec2, iam, "spot-ce", "SPOT")
+    on_demand = managed_environment(batch, ec2, iam, "on-demand-ce", "EC2")
+    for queue, environments in (("spot-only", [spot]), ("mixed", [spot, on_demand])):
+        batch.create_job_queue(
+            jobQueueName=queue,
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[
+                {"order": i, "computeEnvironment": arn} for i, arn in enumerate(environments, 1)
+            ],
+        )
+
+    def submit(queue: str, num_nodes: int) -> tuple[int, str]:
+        set_params(tmp_path, training__num_nodes=num_nodes)
+        assert batch_script.main(["register", "--image", IMAGE]) == 0
+        code = batch_script.main(["submit", "--queue", queue])
+        return code, capsys.readouterr().err
+
+    code, err = submit("spot-only", 2)
+    assert code == 1
+    line = one_error_line(err, "'spot-only' has only Spot compute environments (spot-ce)")
+    assert "on-demand" in line and "training.num_nodes: 1" in line
+    statuses = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+    queued = [
+        batch.list_jobs(jobQueue="spot-only", jobStatus=s)["jobSummaryList"] for s in statuses
+    ]
+    assert queued == [[]] * len(statuses)
+    assert submit("mixed", 2)[0] == 0  # one EC2 environment is enough
+    assert submit("spot-only", 1)[0] == 0  # single-node jobs run on Spot
+
+
 # --- the project guide's AWS setup ---------------------------------------------------------
 
 
 def test_readme_gives_the_policies_in_aws_iam_and_all_aws_files_parse():
-    project = Path(__file__).resolve().parent.parent / "template_configs" / "project"
+    templates = Path(__file__).resolve().parent.parent / "template_configs"
     policies = {
-        path.name: json.loads(path.read_text()) for path in (project / "aws").rglob("*.json")
+        path.name: json.loads(path.read_text())
+        for path in (templates / "project" / "aws").rglob("*.json")
     }
-    assert {"batch-job.json", "batch-job-multinode.json", "ci-role-policy.json"} <= set(policies)
-    readme = (project / "PROJECT.md").read_text()
+    assert {"ci-role-policy.json", "job-role-policy.json"} <= set(policies)
+    for variant in VARIANTS:
+        for name in ("batch-job.json", "batch-job-multinode.json"):
+            json.loads((templates / f"torch-{variant}" / "aws" / name).read_text())
+    readme = (templates / "project" / "PROJECT.md").read_text()
     shown = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.DOTALL)]
     assert shown == [policies["job-role-policy.json"], policies["ci-role-policy.json"]]
     for name in ("job-role-policy.json", "ci-role-policy.json", "job-trust-policy.json"):
         assert f"aws/iam/{name}" in readme
 
 
-def test_multi_node_request_takes_num_nodes_from_params_and_the_image(monkeypatch):
+def containers(definition: dict) -> list[dict]:
+    if definition["type"] == "multinode":
+        return [n["container"] for n in definition["nodeProperties"]["nodeRangeProperties"]]
+    return [definition["containerProperties"]]
+
+
+@pytest.mark.parametrize("name", ["batch-job.json", "batch-job-multinode.json"])
+def test_job_definitions_of_the_variants_differ_only_in_the_gpus(name):
+    """cu128 reserves GPUs; cpu, whose image has no CUDA, reserves none and is otherwise equal."""
+    templates = Path(__file__).resolve().parent.parent / "template_configs"
+    cu128, cpu = (
+        json.loads((templates / f"torch-{v}" / "aws" / name).read_text()) for v in ("cu128", "cpu")
+    )
+    for container in containers(cu128):
+        gpus = [r for r in container["resourceRequirements"] if r["type"] == "GPU"]
+        assert len(gpus) == 1 and int(gpus[0]["value"]) >= 1
+        container["resourceRequirements"].remove(gpus[0])
+    for container in containers(cpu):
+        assert [r["type"] for r in container["resourceRequirements"]] == ["VCPU", "MEMORY"]
+    assert cpu == cu128
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_multi_node_request_takes_num_nodes_from_params_and_the_image(monkeypatch, variant):
     from mlt_project.scripts.batch import job_definition
 
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent / "template_configs" / "project")
+    templates = Path(__file__).resolve().parent.parent / "template_configs"
+    monkeypatch.chdir(templates / f"torch-{variant}")  # where aws/batch-job*.json are
     monkeypatch.delenv("DVC_S3_URI", raising=False)
     # The old name reaches the job as the new one.
     monkeypatch.setenv("DVC_S3_BUCKET_NAME", "dvc-bucket")

@@ -95,6 +95,7 @@ EXPECTED_TREE = (
     "tests/test_preprocess.py",
     "tests/test_release.py",
     "tests/test_train.py",
+    "weights/README.md",
 )
 
 
@@ -168,6 +169,16 @@ def plan_of(out: str) -> dict[str, str]:
         if line.startswith("  ") and len(parts) == 2 and parts[0] in ACTIONS:
             plan[parts[1]] = parts[0]
     return plan
+
+
+# The files of EXPECTED_TREE that each --torch variant has its own version of, in
+# template_configs/torch-{variant}/; every other file is shared (template_configs/project/...).
+VARIANT_FILES = {
+    "Dockerfile",
+    "aws/batch-job.json",
+    "aws/batch-job-multinode.json",
+    "pyproject.toml",
+}
 
 
 def expected_files(torch: str, module: str) -> set[str]:
@@ -330,6 +341,16 @@ def test_render_tree_fails_on_a_placeholder_left_behind(fake_template):
     values = {"project_name": "mlt-project-x", "module_name": "cats"}
     with pytest.raises(bootstrap.BootstrapError, match="placeholder left"):
         bootstrap.render_tree(values, "cpu")
+
+
+@pytest.mark.parametrize("torch", ["cpu", "cu128"])
+def test_each_variant_takes_its_deploy_files_and_pyproject_from_its_own_folder(torch):
+    sources = {dest.as_posix(): source for source, dest in bootstrap.template_files(torch)}
+    variant_folder = ROOT / "template_configs" / f"torch-{torch}"
+    from_variant = {d for d, s in sources.items() if s.is_relative_to(variant_folder)}
+    assert from_variant == VARIANT_FILES
+    other = ROOT / "template_configs" / f"torch-{'cu128' if torch == 'cpu' else 'cpu'}"
+    assert not any(s.is_relative_to(other) for s in sources.values())
 
 
 @pytest.mark.parametrize("torch", ["cpu", "cu128"])

@@ -3,6 +3,8 @@ docker/entrypoint.sh (run as a script, in copies laid out as in the image, witho
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import json
 import os
 import re
@@ -10,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 
 from helpers import (
     GIT_IDENTITY,
+    REPO,
     VENV_BIN,
     clean_env,
     copy_without_git,
@@ -36,25 +40,46 @@ BATCH_VARS = {
 
 
 # --- Dockerfile ------------------------------------------------------------------------------
+# Each --torch variant has its own Dockerfile (template_configs/torch-*/): the base image differs,
+# the rest must not. They are checked as bootstrap writes them.
+
+VARIANT_BASE = {
+    "cu128": r"nvidia/cuda:12\.8\.\d+-cudnn-runtime-ubuntu\d+\.\d+",
+    "cpu": r"python:3\.12-slim-\w+",
+}
 
 
-@pytest.mark.e2e
-def test_dockerfile_passes_hadolint(trained_project):
-    dockerfile = trained_project.root / "Dockerfile"
-    result = run(
-        VENV_BIN / "hadolint", "-f", "json", dockerfile, cwd=trained_project.root, check=False
-    )
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory) -> dict[str, Path]:
+    """{variant: a project bootstrap wrote with --torch variant} (rendering only: seconds)."""
+    import bootstrap
+
+    projects = {}
+    for variant in VARIANT_BASE:
+        target = tmp_path_factory.mktemp(f"docker-{variant}") / "cats"
+        target.mkdir()
+        assert bootstrap.main(["--target", str(target), "--torch", variant]) == 0
+        projects[variant] = target
+    return projects
+
+
+@pytest.mark.parametrize("variant", VARIANT_BASE)
+def test_dockerfile_passes_hadolint(baked, variant):
+    dockerfile = baked[variant] / "Dockerfile"
+    result = run(VENV_BIN / "hadolint", "-f", "json", dockerfile, cwd=baked[variant], check=False)
     findings = json.loads(result.stdout or "[]")
-    print(f"hadolint: {len(findings)} finding(s): {findings}")
+    print(f"hadolint ({variant}): {len(findings)} finding(s): {findings}")
     assert [f for f in findings if f["level"] not in ("info", "style")] == []
 
 
-@pytest.mark.e2e
-def test_dockerfile_is_multi_stage_cuda_non_root(trained_project):
-    text = (trained_project.root / "Dockerfile").read_text()
+@pytest.mark.parametrize("variant", VARIANT_BASE)
+def test_dockerfile_is_multi_stage_on_its_variants_base_and_non_root(baked, variant):
+    text = (baked[variant] / "Dockerfile").read_text()
     stages = re.findall(r"(?m)^FROM (\S+)(?: AS (\S+))?", text)
     assert [name for _, name in stages] == ["base", "builder", "runtime"]
-    assert re.fullmatch(r"nvidia/cuda:12\.8\.\d+-cudnn-runtime-ubuntu\d+\.\d+", stages[0][0])
+    assert re.fullmatch(VARIANT_BASE[variant], stages[0][0])
+    if variant == "cpu":  # CPU-only torch: no CUDA image anywhere
+        assert not re.search(r"(?i)cuda|nvidia", " ".join(image for image, _ in stages))
     # Dependencies are installed before the source is copied, so code changes reuse that layer.
     assert text.index("COPY pyproject.toml poetry.lock* ./") < text.index(
         "poetry install --only main"
@@ -65,8 +90,94 @@ def test_dockerfile_is_multi_stage_cuda_non_root(trained_project):
     assert user and not user[-1].startswith(("0", "root"))
     assert "COPY --from=builder /app/.venv /app/.venv" in runtime
     entrypoint = json.loads(re.search(r"(?m)^ENTRYPOINT (.+)$", runtime).group(1))
-    script = trained_project.root / entrypoint[0].removeprefix("/app/")
+    script = baked[variant] / entrypoint[0].removeprefix("/app/")
     assert script.is_file() and script.stat().st_mode & stat.S_IXUSR
+
+
+def test_dockerfile_variants_differ_only_in_the_base_image():
+    """Everything but the base image (and the comments that name it) is shared: a change to one
+    Dockerfile that the other lacks fails here."""
+    cu128, cpu = (
+        (REPO / "template_configs" / f"torch-{v}" / "Dockerfile").read_text().splitlines()
+        for v in ("cu128", "cpu")
+    )
+    removed, added = [], []
+    for line in difflib.unified_diff(cu128, cpu, lineterm="", n=0):
+        if line.startswith("-") and not line.startswith("---"):
+            removed.append(line[1:])
+        elif line.startswith("+") and not line.startswith("+++"):
+            added.append(line[1:])
+    assert removed == [
+        "# Training image: CUDA 12.8 with cuDNN, the locked dependencies, the project, and",
+        "#   base     CUDA runtime + Ubuntu's Python 3.12, shared by the two stages below",
+        "FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base",
+        # The CUDA image has no Python; the official Python image has it, venv included.
+        "RUN apt-get update \\",
+        "    && apt-get install --yes --no-install-recommends python3=3.12.* \\",
+        "    && rm -rf /var/lib/apt/lists/*",
+        "RUN apt-get update \\",
+        "    && apt-get install --yes --no-install-recommends python3-venv=3.12.* \\",
+        "    && rm -rf /var/lib/apt/lists/* \\",
+        "    && python3 -m venv /opt/poetry \\",
+    ]
+    assert added == [
+        "# Training image: Python 3.12, no CUDA (CPU-only torch), the locked dependencies, the "
+        "project, and",
+        "#   base     the official Python 3.12 slim image, shared by the two stages below",
+        "FROM python:3.12-slim-bookworm AS base",
+        "RUN python3 -m venv /opt/poetry \\",
+    ]
+
+
+# --- bytecode, compiled in the builder --------------------------------------------------------
+
+
+def compile_commands(dockerfile: Path) -> dict[str, str]:
+    """{folder: the builder's `python3 -m compileall ...` command for it}."""
+    builder = dockerfile.read_text().split("AS builder", 1)[1].split("AS runtime", 1)[0]
+    found = re.findall(r"(python3 -m compileall [^\n]*?(/app/[\w.]+))", builder)
+    return {folder: command for command, folder in found}
+
+
+@pytest.mark.parametrize("variant", VARIANT_BASE)
+def test_builder_compiles_the_environment_and_the_project_and_runtime_keeps_it(baked, variant):
+    dockerfile = baked[variant] / "Dockerfile"
+    text = dockerfile.read_text()
+    assert "PYTHONDONTWRITEBYTECODE=1" in text  # the runtime never writes .pyc: the build must
+    commands = compile_commands(dockerfile)
+    assert set(commands) == {"/app/.venv", "/app/src"}
+    # Each compiles what the RUN before it installed: the dependencies' layer keeps its bytecode.
+    assert text.index("poetry install --only main") < text.index(commands["/app/.venv"])
+    assert text.index("poetry install --only-root") < text.index(commands["/app/src"])
+    runtime = text.split("AS runtime", 1)[1]
+    # The context's src has no __pycache__ (.dockerignore): the builder's replaces it.
+    copied = runtime.index("COPY --chown=10001:10001 . .")
+    assert copied < runtime.index("COPY --from=builder --chown=10001:10001 /app/src ./src")
+    assert "**/__pycache__" in (baked[variant] / ".dockerignore").read_text().splitlines()
+
+
+def test_the_builders_compileall_makes_bytecode_that_a_changed_mtime_keeps(baked, tmp_path):
+    """The Dockerfile's own command, run on a folder here: Python then imports the .pyc even after
+    the source's mtime changed (as a COPY may change it), with PYTHONDONTWRITEBYTECODE=1."""
+    app = tmp_path / "app"
+    package = app / "src" / "probe"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    command = compile_commands(baked["cpu"] / "Dockerfile")["/app/src"]
+    argv = command.replace("python3", sys.executable, 1).replace("/app/src", str(app / "src"))
+    subprocess.run(argv.split(), check=True)
+    pyc = Path(importlib.util.cache_from_source(str(package / "__init__.py")))
+    assert pyc.is_file()
+    later = time.time() + 3600
+    os.utime(package / "__init__.py", (later, later))
+    probe = subprocess.run(
+        [sys.executable, "-v", "-c", "import probe"],
+        env={**clean_env(), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(app / "src")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"code object from '{pyc}'" in probe.stderr, probe.stderr[-2000:]
 
 
 @pytest.mark.e2e

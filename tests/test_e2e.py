@@ -4,6 +4,7 @@ and run what its users run: sample data, `dvc repro`, its own tests and ruff."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import sys
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import MODULE, NAME, REPO, git, run, set_params
+from helpers import MODULE, NAME, REPO, git, one_error_line, run, set_params, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -99,6 +100,41 @@ def test_a_runtime_knob_reruns_nothing(project_copy, key, value):
     """runtime.* changes how fast stages run, not what they compute: no stage depends on it."""
     set_params(project_copy, **{f"runtime__{key}": value})
     assert json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=project_copy).stdout) == {}
+
+
+def test_replacing_the_weights_file_retrains_and_one_elsewhere_is_refused(project_copy):
+    """DVC cannot depend on model.weights_file itself (it may be null): the folder it must be in,
+    paths.weights, is a dependency of train, so `dvc status` sees a replaced file."""
+    import torch
+
+    from mlt_project.config import load_config
+    from mlt_project.factories import create_model
+
+    def save_weights(path: Path, seed: int) -> None:
+        torch.manual_seed(seed)
+        cfg = load_config(project_copy / "params.yaml")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights_file=None))
+        torch.save(create_model(cfg).net.body.state_dict(), path)
+
+    weights = project_copy / "weights" / "start.pt"
+    save_weights(weights, seed=1)
+    set_params(project_copy, model__weights_file="weights/start.pt")
+    repro = sh("dvc", "repro", cwd=project_copy)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    assert "Running stage 'train'" in repro.stdout
+
+    def status() -> dict:
+        return json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=project_copy).stdout)
+
+    assert status() == {}
+    save_weights(weights, seed=2)  # the same path, other weights
+    assert status() == {"train": [{"changed deps": {"weights": "modified"}}]}
+
+    elsewhere = project_copy / "start.pt"
+    weights.rename(elsewhere)
+    set_params(project_copy, model__weights_file=str(elsewhere))
+    refused = sh(sys.executable, "-m", f"{MODULE}.train", cwd=project_copy)
+    one_error_line(refused, "model.weights_file", "is outside paths.weights (weights/)")
 
 
 def test_train_depends_on_the_code_the_resume_fingerprint_hashes(project):

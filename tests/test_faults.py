@@ -106,6 +106,62 @@ def test_sigterm_through_the_entrypoint_saves_exits_75_and_resumes_exactly(proje
     assert not resume.exists()  # a completed run leaves nothing to resume
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_to_plain_dvc_repro_needs_its_process_group(project_copy):
+    """PROJECT.md (Interruptions and resume): SIGTERM to `dvc repro` alone ends DVC and leaves
+    training running on its own; sent to the process group (`kill -TERM -- -PGID`), training
+    saves its resume checkpoint and the whole group ends."""
+    model = project_copy / "models" / "model.ckpt"
+    resume = project_copy / "checkpoints" / "last.ckpt"
+    model.unlink()
+    shutil.rmtree(project_copy / ".dvc" / "cache")
+
+    def repro(stderr: int) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=project_copy,
+            env=project_env(project_copy),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,  # `setsid dvc repro`: its process group id is its pid
+        )
+        wait_for(resume, process)  # training is under way
+        return process
+
+    dvc = repro(subprocess.DEVNULL)  # not a pipe: the training left behind would hold it open
+    try:
+        dvc.send_signal(signal.SIGTERM)  # to DVC only
+        dvc.wait(timeout=60)
+        time.sleep(1)
+        assert group_alive(dvc.pid), "DVC now stops its stage on SIGTERM: update PROJECT.md"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dvc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while group_alive(dvc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    resume.unlink(missing_ok=True)
+
+    dvc = repro(subprocess.PIPE)
+    os.killpg(dvc.pid, signal.SIGTERM)  # kill -TERM -- -PGID
+    _, stderr = dvc.communicate(timeout=120)
+    deadline = time.monotonic() + 30
+    while group_alive(dvc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not group_alive(dvc.pid), "training outlived the group's SIGTERM"
+    assert "SIGTERM: saved checkpoints/last.ckpt" in stderr, stderr[-3000:]
+    torch.load(resume, map_location="cpu", weights_only=False)  # whole
+    assert not model.exists()
+
+
 def test_a_batch_retry_in_a_fresh_container_resumes_from_the_checkpoint_in_s3(
     project_copy, moto_endpoint
 ):

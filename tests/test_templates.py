@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -34,6 +35,21 @@ def test_generated_tests_pass_on_the_unrendered_template():
     assert re.search(r"\b\d+ passed", result.stdout)
     assert "failed" not in result.stdout and "error" not in result.stdout.lower()
     assert "warning" not in result.stdout.lower()  # pytest config filters what no one can fix
+
+
+def test_generated_tests_pass_without_sched_getaffinity(tmp_path):
+    """As on macOS, which `--torch cpu` is offered for: os has no sched_getaffinity there."""
+    (tmp_path / "no_sched_getaffinity.py").write_text(
+        "import os\n\ndel os.sched_getaffinity  # before any test module is imported\n"
+    )
+    result = run(
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no_sched_getaffinity",
+        "-c", REPO / "template_configs" / "torch-cpu" / "pyproject.toml",
+        "--rootdir", PROJECT, PROJECT / "tests",
+        cwd=PROJECT, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO / 'src_templates'}",
+    )  # fmt: skip
+    assert re.search(r"\b\d+ passed", result.stdout)
+    assert "failed" not in result.stdout and "error" not in result.stdout.lower()
 
 
 def test_pyproject_variants_differ_only_in_where_torch_and_onnxruntime_come_from():

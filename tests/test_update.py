@@ -472,3 +472,58 @@ def test_check_fails_on_a_newer_version_that_changes_no_file(host, a):
         k: v for k, v in before.items() if k != RECORD
     }
     assert run_bootstrap(host, "--check").returncode == 0
+
+
+# --- a file that moves between template folders ------------------------------------------------
+
+MOVED = ("Dockerfile", "aws/batch-job.json", "aws/batch-job-multinode.json")
+USER_DOCKERFILE = "LABEL org.opencontainers.image.vendor=cats\n"
+
+
+def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_path):
+    """The deploy files were once shared (template_configs/project/, the CUDA ones) and are now
+    per variant (torch-cpu/, torch-cu128/). The destination is what --update merges by, so a
+    cpu project gets the cpu files as `updated`, with the user's edits kept; a cu128 project,
+    whose files did not change, gets nothing to do."""
+    template = make_template_repo(tmp_path / "template" / "ml-aws-template")
+    configs = template / "template_configs"
+    for path in MOVED:
+        (configs / "project" / path).parent.mkdir(parents=True, exist_ok=True)
+        (configs / "torch-cu128" / path).rename(configs / "project" / path)
+        (configs / "torch-cpu" / path).unlink()
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "the old layout: one set of deploy files", cwd=template)
+    old = git("rev-parse", "HEAD", cwd=template)
+    git("revert", "--no-edit", "HEAD", cwd=template)  # back to this tree: per variant
+    new = git("rev-parse", "HEAD", cwd=template)
+
+    for variant in ("cpu", "cu128"):
+        host = make_host(tmp_path / variant / "cats", template)
+        move_submodule(host, old)
+        run_bootstrap(host, "--torch", variant)
+        assert "nvidia/cuda" in (host / "Dockerfile").read_text()
+        with (host / "Dockerfile").open("a") as f:
+            f.write(USER_DOCKERFILE)
+        job = host / "aws" / "batch-job.json"
+        job.write_text(
+            job.read_text().replace(
+                '"attemptDurationSeconds": 86400', '"attemptDurationSeconds": 7200'
+            )
+        )
+        commit_all(host, "baked at the old layout, then edited")
+        move_submodule(host, new)
+        result = run_bootstrap(host, "--update")
+        rows = outcomes(result.stdout)
+        dockerfile = (host / "Dockerfile").read_text()
+        definition = json.loads(job.read_text())
+        assert dockerfile.endswith(USER_DOCKERFILE)
+        assert definition["timeout"]["attemptDurationSeconds"] == 7200
+        if variant == "cpu":
+            assert rows == {path: "updated" for path in MOVED}
+            assert "nvidia/cuda" not in dockerfile and "FROM python:3.12-slim" in dockerfile
+            reserved = definition["containerProperties"]["resourceRequirements"]
+            assert "GPU" not in {r["type"] for r in reserved}
+        else:
+            assert rows == {}
+            assert "nvidia/cuda" in dockerfile
+        assert record(host)["template_version"] == new

@@ -38,6 +38,7 @@ class PathsConfig:
     logs: str  # TensorBoard; each training run replaces the last one's events
     release: str  # releases/: model.onnx, model_info.json, benchmark.json
     checkpoints: str  # resume state of an interrupted training run; not a DVC output
+    weights: str  # the folder of model.weights_file: a dependency of train, so a new file retrains
 
     @property
     def resume_checkpoint(self) -> Path:

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 def run_fingerprint(cfg: Config) -> str:
-    """SHA-256 of what decides the training run: params, processed data and code."""
+    """SHA-256 of what decides the training run: params, processed data, code, weights file."""
     package = Path(__file__).resolve().parent
     code = sorted(
         path
@@ -60,6 +60,7 @@ def run_fingerprint(cfg: Config) -> str:
             [package / entry] if entry.endswith(".py") else (package / entry).rglob("*.py")
         )
     )
+    weights = cfg.model.weights_file
     identity = {
         "format": CHECKPOINT_FORMAT,
         "model": dataclasses.asdict(cfg.model),
@@ -70,6 +71,11 @@ def run_fingerprint(cfg: Config) -> str:
         "data": {split: sha256_file(split_path(cfg.paths.processed, split)) for split in SPLITS},
         "code": {path.relative_to(package).as_posix(): sha256_file(path) for path in code},
     }
+    # The weights file's bytes, not only its path: a file replaced in paths.weights retrains (a
+    # train dep). Only when there is one, so other runs keep their fingerprint; a missing file is
+    # left to build_network, whose error names it.
+    if weights and Path(weights).is_file():
+        identity["weights_file_sha256"] = sha256_file(weights)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from . import cli
-from .config import Config
+from .config import Config, ConfigError
 from .errors import Interrupted, PipelineError
 from .factories import create_datamodule, create_model, create_trainer, quiet_warnings
 from .logs import setup_logger
@@ -28,6 +28,7 @@ def train(cfg: Config) -> dict[str, float]:
     left a checkpoint there (resume.py); on SIGTERM saves one and exits with code 75.
     """
     log = setup_logger()
+    require_tracked_weights(cfg)
     L.seed_everything(cfg.training.seed, workers=True)
     fingerprint = run_fingerprint(cfg)
     resume = ResumeCheckpoint(
@@ -70,6 +71,18 @@ def train(cfg: Config) -> dict[str, float]:
     if trainer.is_global_zero:
         log.info("saved %s; %s", cfg.paths.model, {k: round(v, 4) for k, v in metrics.items()})
     return metrics
+
+
+def require_tracked_weights(cfg: Config) -> None:
+    """model.weights_file must lie in paths.weights, the folder dvc.yaml makes a dependency of
+    train (DVC cannot depend on an optional path): elsewhere, replacing it would not retrain."""
+    file, folder = cfg.model.weights_file, Path(cfg.paths.weights)
+    if file and not Path(file).resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(
+            f"model.weights_file {file} is outside paths.weights ({folder}/), which dvc.yaml "
+            f"makes a dependency of train: move the file into {folder}/ and point "
+            "model.weights_file there, so that replacing it retrains"
+        )
 
 
 def clear_events(log_dir: Path) -> None:

@@ -8,16 +8,21 @@ The job definition is aws/batch-job.json, or aws/batch-job-multinode.json when
 training.num_nodes in params.yaml is above 1 (its numNodes is set from that value). Settings
 come from the environment, or from .env where the environment is silent: BATCH_IMAGE_URI,
 BATCH_JOB_QUEUE, BATCH_JOB_ROLE_ARN (optional), DVC_S3_URI and CHECKPOINT_S3_URI (passed on to
-the job), and the usual AWS_DEFAULT_REGION, AWS_PROFILE or keys.
+the job), and the usual AWS_DEFAULT_REGION, AWS_PROFILE or keys. A multi-node job is refused for a
+queue whose compute environments are all Spot (AWS Batch runs multi-node parallel jobs on EC2
+on-demand capacity only).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import cli
 from ..config import load_config
@@ -28,6 +33,9 @@ SINGLE_NODE_FILE = Path("aws/batch-job.json")
 MULTI_NODE_FILE = Path("aws/batch-job-multinode.json")
 BUILD_HINT = "the URI docker/build_and_push.sh prints"
 PASSED_TO_JOB = (DVC_S3_URI, CHECKPOINT_S3_URI)
+SPOT_TYPES = {"SPOT", "FARGATE_SPOT"}
+
+log = logging.getLogger(__name__)
 
 
 def read_definition(num_nodes: int) -> dict[str, Any]:
@@ -88,13 +96,44 @@ def submit(cfg_path: Path, queue: str | None, name: str | None) -> str:
     num_nodes = load_config(cfg_path).training.num_nodes
     definition = read_definition(num_nodes)["jobDefinitionName"]
     job_name = name or f"{definition}-{time.strftime('%Y%m%d-%H%M%S')}"
+    batch = batch_client()
+    if num_nodes > 1:
+        require_on_demand(batch, queue)
     with aws_errors("AWS Batch"):
-        response = batch_client().submit_job(
-            jobName=job_name, jobQueue=queue, jobDefinition=definition
-        )
+        response = batch.submit_job(jobName=job_name, jobQueue=queue, jobDefinition=definition)
     print(f"submitted {job_name} to {queue}: job id {response['jobId']}")
     print(f"follow it with: python -m mlt_project.scripts.batch status {response['jobId']}")
     return response["jobId"]
+
+
+def require_on_demand(batch: Any, queue: str) -> None:
+    """Refuse a multi-node job for a queue whose compute environments are all Spot: AWS Batch
+    does not run multi-node parallel jobs on Spot, and the job would never start. Where the queue
+    or its environments cannot be read (no permission, no such queue), SubmitJob decides."""
+    try:
+        queues = batch.describe_job_queues(jobQueues=[queue])["jobQueues"]
+        arns = [
+            entry["computeEnvironment"]
+            for found in queues
+            for entry in found.get("computeEnvironmentOrder", [])
+        ]
+        if not arns:
+            return
+        response = batch.describe_compute_environments(computeEnvironments=arns)
+    except (BotoCoreError, ClientError) as error:
+        log.debug("cannot tell whether queue %s is Spot-only: %s", queue, error)
+        return
+    environments = response["computeEnvironments"]
+    # An unmanaged environment has no computeResources: it may hold on-demand instances.
+    kinds = {env.get("computeResources", {}).get("type") for env in environments}
+    if environments and kinds <= SPOT_TYPES:
+        names = ", ".join(env["computeEnvironmentName"] for env in environments)
+        raise PipelineError(
+            f"job queue {queue!r} has only Spot compute environments ({names}) and AWS Batch "
+            "does not run multi-node parallel jobs on Spot: submit to a queue with an EC2 "
+            "(on-demand) compute environment (--queue or BATCH_JOB_QUEUE), or set "
+            "training.num_nodes: 1 in params.yaml"
+        )
 
 
 def status(job_id: str) -> dict[str, Any]:

@@ -81,7 +81,12 @@ def test_a_corrupt_image_names_skip_corrupt(processed):
     assert sum(counts.values()) == 29
 
 
-def test_auto_workers_need_many_images():
+def test_auto_workers_need_many_images(monkeypatch):
+    # The cores this process may use (Linux), else all of them (macOS has no sched_getaffinity).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
     assert resolve_workers("auto", 1797) == 1  # the sample digits: no pool
-    assert resolve_workers("auto", 100_000) == len(os.sched_getaffinity(0))
+    assert resolve_workers("auto", 100_000) == 3
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert resolve_workers("auto", 100_000) == 6
     assert resolve_workers(3, 10) == 3

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mlt_project.config import ConfigError
 from mlt_project.eval import evaluate
 from mlt_project.factories import create_datamodule, create_model, create_trainer
+from mlt_project.resume import run_fingerprint
 from mlt_project.train import train
 
 
@@ -70,3 +72,24 @@ def test_bf16_mixed_precision_trains_on_the_gpu(processed):
     assert trainer.global_step == 2
     for name in ("train/loss", "val/loss"):
         assert torch.isfinite(trainer.callback_metrics[name]), name
+
+
+def with_weights_file(cfg, path):
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights_file=str(path)))
+
+
+def test_a_weights_file_outside_paths_weights_is_refused(processed, tmp_path):
+    # dvc.yaml makes paths.weights a dependency of train: a file elsewhere would not retrain.
+    with pytest.raises(ConfigError, match=r"is outside paths\.weights"):
+        train(with_weights_file(processed, tmp_path / "elsewhere.pt"))
+
+
+def test_the_resume_fingerprint_follows_the_weights_files_bytes(processed):
+    weights = Path(processed.paths.weights) / "start.pt"
+    weights.parent.mkdir(parents=True)
+    cfg = with_weights_file(processed, weights)
+    weights.write_bytes(b"one")
+    first = run_fingerprint(cfg)
+    assert run_fingerprint(cfg) == first
+    weights.write_bytes(b"two")  # replaced at the same path: an old checkpoint must not resume
+    assert run_fingerprint(cfg) != first
