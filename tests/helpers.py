@@ -162,8 +162,10 @@ def set_params(project: Path, **changes: object) -> None:
     through YAML, as a user editing the file would: each key must exist already."""
     import yaml
 
+    from mlt_project.config import read_params  # reads DVC's 1e-05 as a number, as projects do
+
     path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+    params = read_params(path)
     for dotted, value in changes.items():
         *sections, key = dotted.split("__")
         node = params

@@ -140,7 +140,7 @@ CASES = [
     Case("corrupt image", "data.preprocess", corrupt_image, "cannot read image data/raw/3/0003.png"),
     Case("corrupt image: the switch to skip it", "data.preprocess", corrupt_image, "replace or remove the file, or set data.skip_corrupt: true"),
     Case("class count differs", "data.preprocess", edit_params("  num_classes: 10", "  num_classes: 9"), "set data.num_classes: 10"),
-    Case("image size differs from checkpoint", "eval", edit_params("  image_size: [8, 8]", "  image_size: [16, 16]"), "was trained with input_shape (1, 8, 8) but params.yaml gives (1, 16, 16)"),
+    Case("image size differs from checkpoint", "eval", edit_params("  - 8\n  - 8\n", "  - 16\n  - 16\n"), "was trained with input_shape (1, 8, 8) but params.yaml gives (1, 16, 16)"),
     Case("channels differ from checkpoint", "eval", edit_params("  channels: 1 ", "  channels: 3 "), "retrain with `dvc repro`"),
     Case("no checkpoint", "eval", remove("models/model.ckpt"), "no checkpoint at models/model.ckpt"),
     Case("bootstrap: bad name", "bootstrap", no_setup, "project name '1bad' is not usable", ("--name", "1bad")),

@@ -3,6 +3,7 @@ release file names that release/dvc.yaml spells too."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -77,3 +78,32 @@ def test_release_dvc_yaml_names_the_release_files_as_python_does():
     pipeline = yaml.safe_load((REPO / "template_configs/project/release/dvc.yaml").read_text())
     outs = [next(iter(out)) for out in pipeline["stages"]["export_onnx"]["outs"]]
     assert outs == [f"${{paths.release}}/{MODEL_FILE}", f"${{paths.release}}/{INFO_FILE}"]
+
+
+def test_params_yaml_is_written_as_dvc_writes_it_back(tmp_path):
+    """`dvc exp run -S key=value` rewrites params.yaml through DVC's YAML writer. The template's
+    file is in that form already: set every key to its own value, as -S would (a value parsed
+    anew), and not a byte changes, so an experiment's diff is its own change only. And what DVC
+    writes (1e-05 for a small float, empty for none) reads back as the same values."""
+    from dvc.utils.serialize import modify_yaml
+
+    from mlt_project.config import load_config
+
+    template = REPO / "template_configs" / "project" / "params.yaml"
+    params = tmp_path / "params.yaml"
+    params.write_bytes(template.read_bytes())
+
+    def renew(mapping):
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                renew(value)
+            else:
+                mapping[key] = json.loads(json.dumps(value))
+
+    with modify_yaml(params) as data:
+        renew(data)
+    assert params.read_text() == template.read_text()
+    with modify_yaml(params) as data:
+        data["release"]["parity_atol"] = 2e-5
+    assert "parity_atol: 2e-05 " in params.read_text()
+    assert load_config(params).release.parity_atol == 2e-5

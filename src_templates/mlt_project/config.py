@@ -6,6 +6,7 @@ error naming the key and the file, so a typo never silently falls back to a defa
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -226,11 +227,29 @@ class Config:
     release: ReleaseConfig
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-05` as the float YAML 1.2 says it is: `dvc exp run -S`
+    writes params.yaml back with ruamel.yaml, which writes small floats that way, and YAML 1.1
+    (PyYAML) would read them as strings."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_params(path: str | Path) -> Any:
+    """params.yaml's contents as written, by hand or by DVC."""
+    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=ParamsLoader)  # a SafeLoader
+
+
 def load_config(path: str | Path = PARAMS_FILE) -> Config:
     """Read and check params.yaml; raise ConfigError naming the key and the file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_params(path)
     except FileNotFoundError:
         raise ConfigError(
             f"{path} not found in {Path.cwd()}: run from the project root, or pass --params"

@@ -22,7 +22,7 @@ import yaml
 
 from .. import PROJECT_NAME, cli
 from ..checkpoint import load_network
-from ..config import PARAMS_FILE, Config, load_config
+from ..config import PARAMS_FILE, Config, load_config, read_params
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
 from ..files import atomic_output, read_json, sha256_file
@@ -106,7 +106,7 @@ def export_release(
         "export_seconds": round(export_seconds, 3),
         "parity": parity,
         "metrics": metrics,
-        "params": yaml.safe_load(Path(params_path).read_text(encoding="utf-8")),
+        "params": read_params(params_path),
         "data": data_hashes(cfg),
     }
     with atomic_output(info_path(cfg)) as tmp:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlt_project.config import ConfigError, load_config
+from mlt_project.config import ConfigError, load_config, read_params
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 
@@ -50,7 +50,7 @@ def bad_optimizer(params):
     ],
 )
 def test_bad_params_name_the_key_and_the_file(tmp_path, edit, message):
-    params = copy.deepcopy(yaml.safe_load(PARAMS.read_text()))
+    params = copy.deepcopy(read_params(PARAMS))
     edit(params)
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
