@@ -8,8 +8,8 @@ Each file's content digest (BLAKE2b of its bytes) and `data.seed` give it a scor
 
 So adding, removing or renaming images never moves another image, and exact duplicates (same
 bytes, same score) always share a split: a copy of a test image is never trained on. A split
-named in metadata.csv wins, and a duplicate follows its listed copy; a split that any row names
-is taken as given (a signed-off test set): the hash draws no more images into it.
+named in metadata.csv wins, and a duplicate follows its listed copy; a val or test split that
+any row names is taken as given (a signed-off test set): the hash draws no more images into it.
 
 Where the hash leaves a class that has at least 1 / fraction images (one expected there) with
 none in val or test, its train image of lowest score moves there, so every such class is
@@ -93,7 +93,7 @@ def split_indices(
     groups: dict[bytes, list[int]] = defaultdict(list)
     for i, digest in enumerate(digests):
         groups[digest].append(i)
-    given = {split for split in fixed if split}
+    given = {split for split in fixed if split} - {"train"}  # train always takes the rest
     split_of: dict[bytes, str] = {}
     scores: dict[bytes, float] = {}
     for digest, members in groups.items():
