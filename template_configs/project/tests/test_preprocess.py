@@ -172,7 +172,8 @@ def csv_config(cfg, **data):
 def test_labels_and_fixed_splits_come_from_metadata_csv(cfg):
     raw = Path(cfg.paths.raw)
     labels = ["ant", "bee", "cat", "dog"]
-    rows = [(f"images/{i:02d}.png", labels[i % 4], "test" if i < 4 else "") for i in range(40)]
+    given = {0: "test", 1: "test", 2: "test", 3: "test", 4: "train", 5: "train"}
+    rows = [(f"images/{i:02d}.png", labels[i % 4], given.get(i, "")) for i in range(40)]
     write_flat(raw, rows)
     counts = preprocess(csv_config(cfg))
     assert sum(counts.values()) == 40
@@ -181,6 +182,9 @@ def test_labels_and_fixed_splits_come_from_metadata_csv(cfg):
     assert sorted(name for name, split in splits.items() if split == "test") == [
         f"images/{i:02d}.png" for i in range(4)
     ]
+    # Rows naming train leave the others to the hash, which still draws val images.
+    assert splits["images/04.png"] == splits["images/05.png"] == "train"
+    assert counts["val"] > 0
     _, train_labels, class_names = read_split(split_path(cfg.paths.processed, "train"))
     assert class_names == labels
     names = read_file_names(split_path(cfg.paths.processed, "train"))
