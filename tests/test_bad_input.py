@@ -157,6 +157,7 @@ CASES = [
     Case("bootstrap: file changed", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "exist and differ: params.yaml; nothing was written", ("--torch", "cpu")),
     Case("bootstrap: update of uncommitted changes", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "the project has uncommitted changes (", ("--update",)),
     Case("invalid class label", "data.preprocess", invalid_label, "class folder '7?' is not a valid label"),
+    # Splits come from the images' bytes: no digit's score (seed 42) falls in [0.15, 0.15 + 1e-6).
     Case("split left empty", "data.preprocess", edit_params("  val_fraction: 0.15", "  val_fraction: 1.0e-6"), "the val split is empty with 1797 images: raise data.val_fraction"),
     Case("metadata.csv: missing file", "data.preprocess", write("data/raw/metadata.csv", "file_name,label\n3/0003.png,three\n3/gone.png,three\n"), "data/raw/metadata.csv line 3: 3/gone.png not found in data/raw: fix the rows, or set data.skip_corrupt: true"),
     Case("metadata.csv: no label column", "data.preprocess", write("data/raw/metadata.csv", "file_name,class\n3/0003.png,three\n"), "data/raw/metadata.csv has no label column"),

@@ -698,3 +698,37 @@ def test_a_resnet18_on_own_rgb_images_is_released_and_predicts_anywhere(released
     local = predictions_there(root, images)
     assert len(local.splitlines()) == 1 + 4 * 5
     assert predictions_there(downloaded, images, "model.onnx") == local
+
+
+def test_a_flat_folder_labelled_by_metadata_csv_trains_and_predicts_its_classes(released, tmp_path):
+    """PROJECT.md's Bring your own labels: data/raw/images/ and data/raw/metadata.csv, 4 classes
+    named in the CSV only; `dvc repro`, an export, and predict names those classes."""
+    root = tmp_path / NAME
+    shutil.copytree(released.root, root, symlinks=True)
+    r = dataclasses.replace(released, root=root)
+    raw = root / "data" / "raw"
+    shutil.rmtree(raw)
+    write_rgb_pngs(raw / "by-class", classes=4, per_class=30, size=8)
+    (raw / "images").mkdir()
+    names = ["heron", "kestrel", "osprey", "wren"]
+    rows = ["file_name,label"]
+    for i, path in enumerate(sorted((raw / "by-class").rglob("*.png"))):
+        path.rename(raw / "images" / f"{i:04d}.png")
+        rows.append(f"images/{i:04d}.png,{names[int(path.parent.name[-1])]}")
+    shutil.rmtree(raw / "by-class")
+    (raw / "metadata.csv").write_text("\n".join(rows) + "\n")
+    set_params(root, data__channels=3, data__num_classes=4)
+    run("dvc", "repro", cwd=root)
+    per_class = [row["class"] for row in csv.DictReader((root / "plots/per_class.csv").open())]
+    assert per_class == names
+    assert json.loads((root / "evaluation_results.json").read_text())["accuracy"] >= 0.9
+    report = json.loads((root / "reports" / "data.json").read_text())
+    assert report["labels_from"] == "data/raw/metadata.csv"
+    assert sum(report["images"].values()) == 120
+    release(r, "export-onnx", "--version", "0.5.0", check=True)
+    out = tmp_path / "predicted.csv"
+    predict(r, raw / "images", out)
+    labels = dict(row.split(",") for row in rows[1:])
+    got = {Path(name).relative_to(raw).as_posix(): label for name, label in predicted(out)}
+    assert set(got.values()) == set(names)
+    assert sum(got[name] == label for name, label in labels.items()) >= 0.9 * len(labels)

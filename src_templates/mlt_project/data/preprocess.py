@@ -185,6 +185,12 @@ def preprocess(cfg: Config) -> dict[str, int]:
         [f.digest for f in facts], labels, found.fixed_splits, files, cfg.data
     )
     names = [found.file_name(i, raw_dir) for i in range(len(files))]
+    for label, split in assignment.classes_missing:
+        log.warning(
+            "class %r has no %s images (%d in all): add images, or name some in metadata.csv's "
+            "split column",
+            found.class_names[label], split, int((labels == label).sum()),
+        )  # fmt: skip
     out_dir = Path(cfg.paths.processed)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Split by split, one row group at a time: memory holds a row group or two, not the data set.

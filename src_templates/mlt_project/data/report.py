@@ -51,6 +51,11 @@ def data_report(
             "moved_to_keep_classes_present": [
                 {"file_name": names[i], "split": split} for i, split in assignment.moved_for_class
             ],
+            # Classes too small for that rule (or in a split metadata.csv gives): not measured.
+            "classes_missing": {
+                split: [found.class_names[c] for c, s in assignment.classes_missing if s == split]
+                for split in ("val", "test")
+            },
         },
         "duplicates": {
             "groups": len(groups),

@@ -1,4 +1,6 @@
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -11,6 +13,7 @@ from PIL import Image
 from mlt_project.data import preprocess as stage
 from mlt_project.data.labels import find_images
 from mlt_project.data.preprocess import load_image, preprocess, resolve_workers
+from mlt_project.data.splits import score
 from mlt_project.data.store import SPLITS, read_file_names, read_split, split_path
 from mlt_project.errors import PipelineError
 
@@ -138,15 +141,44 @@ def test_growing_renaming_and_copying_images_moves_no_other_image(processed):
     assert report["duplicates"]["examples"] == [["circle/copy-of-stripes-2.png", "stripes/2.png"]]
 
 
-def test_each_class_keeps_images_in_val_and_test_and_rows_are_not_in_class_order(processed):
-    cfg = processed
-    report = json.loads(Path(cfg.paths.data_report).read_text())
-    for name, counts in report["per_class"].items():
-        assert min(counts.values()) >= 1, (name, counts)
+def test_rows_are_written_in_a_seeded_random_order_not_by_class(processed):
     # Streamed training reads row groups in file order: rows sorted by class would give its
     # batches one class at a time.
-    _, labels, _ = read_split(split_path(cfg.paths.processed, "train"))
+    _, labels, _ = read_split(split_path(processed.paths.processed, "train"))
     assert (np.diff(labels) != 0).sum() > len(set(labels.tolist()))
+
+
+def pngs_in_train_band(folder: Path, count: int, data, rng) -> None:
+    """`count` PNGs whose bytes the hash puts in train: none of them falls in val or test."""
+    folder.mkdir(parents=True)
+    written = 0
+    while written < count:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3)).astype(np.uint8)).save(buffer, "PNG")
+        digest = hashlib.sha256(buffer.getvalue()).digest()
+        if score(digest, data.seed) >= data.test_fraction + data.val_fraction:
+            (folder / f"{written}.png").write_bytes(buffer.getvalue())
+            written += 1
+
+
+def test_a_class_the_hash_leaves_out_of_val_and_test_gets_one_image_in_each(cfg, caplog):
+    # 0.2/0.2 fractions: "big" (30 images, 6 expected per split) is kept present; "small" (10,
+    # 2 expected) is only reported. Neither has an image the hash would put in val or test.
+    raw = Path(cfg.paths.raw)
+    rng = np.random.default_rng(3)
+    pngs_in_train_band(raw / "big", 30, cfg.data, rng)
+    pngs_in_train_band(raw / "small", 10, cfg.data, rng)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_classes=2))
+    with caplog.at_level("WARNING"):
+        preprocess(cfg)
+    report = json.loads(Path(cfg.paths.data_report).read_text())
+    assert report["per_class"]["big"] == {"train": 28, "val": 1, "test": 1}
+    assert report["per_class"]["small"] == {"train": 10, "val": 0, "test": 0}
+    moved = report["splits"]["moved_to_keep_classes_present"]
+    assert sorted(row["split"] for row in moved) == ["test", "val"]
+    assert all(row["file_name"].startswith("big/") for row in moved)
+    assert report["splits"]["classes_missing"] == {"val": ["small"], "test": ["small"]}
+    assert "class 'small' has no test images (10 in all)" in caplog.text
 
 
 def write_flat(raw: Path, rows: list[tuple[str, str, str]], header="file_name,label,split") -> None:
