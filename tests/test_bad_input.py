@@ -229,7 +229,12 @@ def test_images_of_any_mode_and_size_are_converted(tmp_path, channels):
     base = load_config(REPO / "template_configs" / "project" / "params.yaml")
     cfg = replace(
         base,
-        paths=replace(base.paths, raw=str(tmp_path / "raw"), processed=str(tmp_path / "out")),
+        paths=replace(
+            base.paths,
+            raw=str(tmp_path / "raw"),
+            processed=str(tmp_path / "out"),
+            data_report=str(tmp_path / "data.json"),
+        ),
         data=replace(base.data, channels=channels, num_classes=2),
         runtime=replace(base.runtime, preprocess_workers=1),
     )
@@ -250,7 +255,12 @@ def test_corrupt_images_are_skipped_and_counted_when_asked(tmp_path, caplog):
     base = load_config(REPO / "template_configs" / "project" / "params.yaml")
     cfg = replace(
         base,
-        paths=replace(base.paths, raw=str(tmp_path / "raw"), processed=str(tmp_path / "out")),
+        paths=replace(
+            base.paths,
+            raw=str(tmp_path / "raw"),
+            processed=str(tmp_path / "out"),
+            data_report=str(tmp_path / "data.json"),
+        ),
         data=replace(base.data, num_classes=2, skip_corrupt=True),
         runtime=replace(base.runtime, preprocess_workers=1),
     )
