@@ -141,7 +141,9 @@ def write_synthetic(
         labels = rng.integers(0, classes, count)
         images = rng.integers(0, 128, (count, channels, size, size), dtype=np.uint8)
         images += (labels * 12).astype(np.uint8)[:, None, None, None]
-        write_split(split_path(processed, split), images, labels, [str(c) for c in range(classes)])
+        names = [f"{split}/{i}.png" for i in range(count)]  # no source files: made up
+        class_names = [str(c) for c in range(classes)]
+        write_split(split_path(processed, split), images, labels, class_names, names)
         total += images.nbytes
     return total
 

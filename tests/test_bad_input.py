@@ -106,6 +106,17 @@ def no_setup(project: Path) -> None:
     pass
 
 
+def duplicate_in_two_splits(project: Path) -> None:
+    raw = project / "data" / "raw"
+    shutil.copy(raw / "3" / "0003.png", raw / "3" / "copy.png")
+    rows = [f"{p.relative_to(raw).as_posix()},{p.parent.name}," for p in sorted(raw.rglob("*.png"))]
+    rows = [
+        row + {"3/0003.png": "train", "3/copy.png": "test"}.get(row.split(",")[0], "")
+        for row in rows
+    ]
+    (raw / "metadata.csv").write_text("\n".join(["file_name,label,split", *rows]) + "\n")
+
+
 def write(relative: str, text: str) -> Callable[[Path], None]:
     def put(project: Path) -> None:
         (project / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +158,11 @@ CASES = [
     Case("bootstrap: file changed", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "exist and differ: params.yaml; nothing was written", ("--torch", "cpu")),
     Case("bootstrap: update of uncommitted changes", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "the project has uncommitted changes (", ("--update",)),
     Case("invalid class label", "data.preprocess", invalid_label, "class folder '7?' is not a valid label"),
-    Case("split left empty", "data.preprocess", edit_params("  val_fraction: 0.15", "  val_fraction: 0.001"), "the val split is empty with 1797 images: raise data.val_fraction"),
+    # Splits come from the images' bytes: no digit's score (seed 42) falls in [0.15, 0.15 + 1e-6).
+    Case("split left empty", "data.preprocess", edit_params("  val_fraction: 0.15", "  val_fraction: 1.0e-6"), "the val split is empty with 1797 images: raise data.val_fraction"),
+    Case("metadata.csv: missing file", "data.preprocess", write("data/raw/metadata.csv", "file_name,label\n3/0003.png,three\n3/gone.png,three\n"), "data/raw/metadata.csv line 3: 3/gone.png not found in data/raw: fix the rows, or set data.skip_corrupt: true"),
+    Case("metadata.csv: no label column", "data.preprocess", write("data/raw/metadata.csv", "file_name,class\n3/0003.png,three\n"), "data/raw/metadata.csv has no label column"),
+    Case("metadata.csv: duplicates in two splits", "data.preprocess", duplicate_in_two_splits, "are the same image but metadata.csv puts them in test and train"),
     Case("disk full: Parquet", "data.preprocess", disk_full("data/processed/train.parquet"), "no space left on the device while writing data/processed/train.parquet"),
     Case("batch larger than data", "train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
     Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
@@ -237,7 +252,12 @@ def test_images_of_any_mode_and_size_are_converted(tmp_path, channels):
     base = load_config(REPO / "template_configs" / "project" / "params.yaml")
     cfg = replace(
         base,
-        paths=replace(base.paths, raw=str(tmp_path / "raw"), processed=str(tmp_path / "out")),
+        paths=replace(
+            base.paths,
+            raw=str(tmp_path / "raw"),
+            processed=str(tmp_path / "out"),
+            data_report=str(tmp_path / "data.json"),
+        ),
         data=replace(base.data, channels=channels, num_classes=2),
         runtime=replace(base.runtime, preprocess_workers=1),
     )
@@ -258,7 +278,12 @@ def test_corrupt_images_are_skipped_and_counted_when_asked(tmp_path, caplog):
     base = load_config(REPO / "template_configs" / "project" / "params.yaml")
     cfg = replace(
         base,
-        paths=replace(base.paths, raw=str(tmp_path / "raw"), processed=str(tmp_path / "out")),
+        paths=replace(
+            base.paths,
+            raw=str(tmp_path / "raw"),
+            processed=str(tmp_path / "out"),
+            data_report=str(tmp_path / "data.json"),
+        ),
         data=replace(base.data, num_classes=2, skip_corrupt=True),
         runtime=replace(base.runtime, preprocess_workers=1),
     )

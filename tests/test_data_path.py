@@ -17,6 +17,7 @@ import pytest
 
 from mlt_project.data.store import (
     pixels_of,
+    read_file_names,
     read_row_group,
     read_split,
     rows_per_group,
@@ -49,7 +50,8 @@ def test_many_threads_in_many_processes_read_a_split_identically(tmp_path):
     labels = rng.integers(0, 10, len(images))
     path = tmp_path / "train.parquet"
     # 256 rows per row group: ~235 groups, so threads often read at the same moment.
-    write_chunks(path, [(images, labels)], (1, 16, 16), list("0123456789"), 256 * 256)
+    names = [f"{i}.png" for i in range(len(images))]
+    write_chunks(path, [(images, labels, names)], (1, 16, 16), list("0123456789"), 256 * 256)
     assert pq.ParquetFile(path).num_row_groups == 235
     expected = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()
     env = dict(os.environ, PYTHONPATH=str(SRC))
@@ -83,8 +85,9 @@ def test_row_groups_are_sized_in_bytes(tmp_path):
     labels = np.arange(100) % 3
     path = tmp_path / "split.parquet"
     # 48 bytes per image, 1,000 bytes per row group: 20 images each.
-    rows = write_chunks(path, [(images[:70], labels[:70]), (images[70:], labels[70:])],
-                        (3, 4, 4), ["a", "b", "c"], 1000)  # fmt: skip
+    names = [f"img/{i}.png" for i in range(100)]
+    chunks = [(images[:70], labels[:70], names[:70]), (images[70:], labels[70:], names[70:])]
+    rows = write_chunks(path, chunks, (3, 4, 4), ["a", "b", "c"], 1000)
     parquet = pq.ParquetFile(path)
     assert rows == 100
     sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
@@ -94,6 +97,7 @@ def test_row_groups_are_sized_in_bytes(tmp_path):
     np.testing.assert_array_equal(read_images, images)
     np.testing.assert_array_equal(read_labels, labels)
     assert names == ["a", "b", "c"]
+    assert read_file_names(path) == [f"img/{i}.png" for i in range(100)]
     assert rows_per_group((3, 224, 224), 32 * 2**20) == 222
     assert rows_per_group((3, 4096, 4096), 2**20) == 1
 
@@ -101,7 +105,7 @@ def test_row_groups_are_sized_in_bytes(tmp_path):
 def test_a_row_group_reads_as_a_view_of_arrows_memory(tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (50, 1, 8, 8), dtype=np.uint8)
     path = tmp_path / "split.parquet"
-    write_chunks(path, [(images, np.zeros(50, dtype=np.int64))], (1, 8, 8), ["a", "b"])
+    write_chunks(path, [(images, np.zeros(50, dtype=np.int64), ["x"] * 50)], (1, 8, 8), ["a", "b"])
     pixels, _ = read_row_group(pq.ParquetFile(path), 0, [1, 8, 8])
     np.testing.assert_array_equal(pixels, images)
     assert not pixels.flags.owndata  # no copy: numpy wraps the column's buffer
@@ -127,7 +131,7 @@ def test_a_split_in_the_old_list_format_asks_to_rerun_preprocess(tmp_path):
     with pytest.raises(PipelineError) as error:
         split_info(pq.ParquetFile(path), path)
     assert str(error.value) == (
-        f"{path} is in processed-data format 1, this code reads format 2: "
+        f"{path} is in processed-data format 1, this code reads format 3: "
         "rerun `dvc repro -f preprocess`"
     )
     with pytest.raises(PipelineError, match="rerun `dvc repro -f preprocess`"):

@@ -46,6 +46,14 @@ def test_pipeline_runs_all_stages_and_reaches_accuracy(project):
     assert sum(int(row["support"]) for row in per_class) == results["num_samples"]
     for split in ("train", "val", "test"):
         assert (host / "data" / "processed" / f"{split}.parquet").is_file()
+    report = json.loads((host / "reports" / "data.json").read_text())
+    assert sum(report["images"].values()) == 1797 and report["image_sizes"] == {"8x8": 1797}
+    # The test images it got wrong, by name, and each one's true label is its class folder's.
+    mistakes = read_csv(host / "reports" / "mistakes.csv")
+    confusion = read_csv(host / "plots" / "confusion.csv")
+    assert len(mistakes) == sum(row["actual"] != row["predicted"] for row in confusion) > 0
+    for row in mistakes:
+        assert (host / "data" / "raw" / row["file_name"]).parent.name == row["label"]
     assert (host / "models" / "model.ckpt").is_file()
     (event_file,) = (host / "logs").rglob("events.out.tfevents.*")
     assert event_file.parent == host / "logs" / "train"

@@ -288,6 +288,14 @@ def whole_outputs(project: Path) -> dict[str, str]:
             and len(rows) == 1 + json.loads(metrics.read_text())["num_samples"]
         )
     state[plots.name] = "whole" if plots.exists() else "absent"
+    report = project / "reports" / "data.json"
+    if report.exists():
+        assert sum(json.loads(report.read_text())["images"].values()) == 1797
+    state[report.name] = "whole" if report.exists() else "absent"
+    mistakes = project / "reports" / "mistakes.csv"
+    if mistakes.exists():
+        assert mistakes.read_text().splitlines()[0] == "file_name,label,predicted,score"
+    state[mistakes.name] = "whole" if mistakes.exists() else "absent"
     # CSVs with a row per epoch (training.max_epochs: 30) and per class (the ten digits).
     for path, header, rows in (
         (project / "plots" / "curves.csv", "epoch,train_loss,val_loss,val_acc", 30),
@@ -304,14 +312,22 @@ def whole_outputs(project: Path) -> dict[str, str]:
 # renamed into place). Train renames its resume checkpoint at steps 200, 400 and 600, then the
 # curves at the end of fit, then the model.
 STAGES = {
-    "data.preprocess": (["data/processed"], ["train.parquet", "val.parquet", "test.parquet"]),
+    "data.preprocess": (
+        ["data/processed", "reports/data.json"],
+        ["train.parquet", "val.parquet", "test.parquet", "data.json"],
+    ),
     "train": (
         ["models/model.ckpt", "plots/curves.csv"],
         ["last.ckpt"] * 3 + ["curves.csv", "model.ckpt"],
     ),
     "eval": (
-        ["evaluation_results.json", "plots/per_class.csv", "plots/confusion.csv"],
-        ["evaluation_results.json", "per_class.csv", "confusion.csv"],
+        [
+            "evaluation_results.json",
+            "plots/per_class.csv",
+            "plots/confusion.csv",
+            "reports/mistakes.csv",
+        ],
+        ["evaluation_results.json", "per_class.csv", "confusion.csv", "mistakes.csv"],
     ),
 }
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import botocore.session
 import numpy as np
 import onnx
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -546,20 +547,12 @@ def test_predict_agrees_with_eval(released, tmp_path):
     small = tmp_path / "from-parquet-batches-of-7.csv"
     predict(r, "data/processed/test.parquet", small, "--batch-size", "7")
     assert small.read_text() == out.read_text()
-    # The same test images as PNG files: the raw files of the test split, in split order.
-    listing = (
-        "from pathlib import Path\n"
-        f"from {MODULE}.config import load_config\n"
-        f"from {MODULE}.data.preprocess import find_images, split_indices\n"
-        "cfg = load_config()\n"
-        "_, files, labels = find_images(Path(cfg.paths.raw))\n"
-        "print('\\n'.join(str(files[i]) for i in split_indices(labels, cfg.data)['test']))\n"
-    )
-    files = run("python", "-c", listing, cwd=r.root).stdout.split()
+    # The same test images as PNG files: the raw files the split's file_name column names.
+    test_split = pq.read_table(r.root / "data/processed/test.parquet", columns=["file_name"])
     folder = tmp_path / "images"
     folder.mkdir()
-    for i, name in enumerate(files):
-        shutil.copy(r.root / name, folder / f"{i:04d}.png")
+    for i, name in enumerate(test_split.column("file_name").to_pylist()):
+        shutil.copy(r.root / "data" / "raw" / name, folder / f"{i:04d}.png")
     out = tmp_path / "from-folder.csv"
     predict(r, folder, out)
     assert [label for _, label in predicted(out)] == evaluated
@@ -684,7 +677,10 @@ def test_a_resnet18_on_own_rgb_images_is_released_and_predicts_anywhere(released
     )
     run("dvc", "repro", cwd=root)
     results = json.loads((root / "evaluation_results.json").read_text())
-    assert results["num_samples"] == 4 * round(30 * 0.15)
+    assert (
+        results["num_samples"]
+        == pq.ParquetFile(root / "data/processed/test.parquet").metadata.num_rows
+    )
     tests = run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=root)
     assert "passed" in tests.stdout and "failed" not in tests.stdout
     version = "0.4.0"
@@ -702,3 +698,37 @@ def test_a_resnet18_on_own_rgb_images_is_released_and_predicts_anywhere(released
     local = predictions_there(root, images)
     assert len(local.splitlines()) == 1 + 4 * 5
     assert predictions_there(downloaded, images, "model.onnx") == local
+
+
+def test_a_flat_folder_labelled_by_metadata_csv_trains_and_predicts_its_classes(released, tmp_path):
+    """PROJECT.md's Bring your own labels: data/raw/images/ and data/raw/metadata.csv, 4 classes
+    named in the CSV only; `dvc repro`, an export, and predict names those classes."""
+    root = tmp_path / NAME
+    shutil.copytree(released.root, root, symlinks=True)
+    r = dataclasses.replace(released, root=root)
+    raw = root / "data" / "raw"
+    shutil.rmtree(raw)
+    write_rgb_pngs(raw / "by-class", classes=4, per_class=30, size=8)
+    (raw / "images").mkdir()
+    names = ["heron", "kestrel", "osprey", "wren"]
+    rows = ["file_name,label"]
+    for i, path in enumerate(sorted((raw / "by-class").rglob("*.png"))):
+        path.rename(raw / "images" / f"{i:04d}.png")
+        rows.append(f"images/{i:04d}.png,{names[int(path.parent.name[-1])]}")
+    shutil.rmtree(raw / "by-class")
+    (raw / "metadata.csv").write_text("\n".join(rows) + "\n")
+    set_params(root, data__channels=3, data__num_classes=4)
+    run("dvc", "repro", cwd=root)
+    per_class = [row["class"] for row in csv.DictReader((root / "plots/per_class.csv").open())]
+    assert per_class == names
+    assert json.loads((root / "evaluation_results.json").read_text())["accuracy"] >= 0.9
+    report = json.loads((root / "reports" / "data.json").read_text())
+    assert report["labels_from"] == "data/raw/metadata.csv"
+    assert sum(report["images"].values()) == 120
+    release(r, "export-onnx", "--version", "0.5.0", check=True)
+    out = tmp_path / "predicted.csv"
+    predict(r, raw / "images", out)
+    labels = dict(row.split(",") for row in rows[1:])
+    got = {Path(name).relative_to(raw).as_posix(): label for name, label in predicted(out)}
+    assert set(got.values()) == set(names)
+    assert sum(got[name] == label for name, label in labels.items()) >= 0.9 * len(labels)

@@ -36,6 +36,8 @@ class PathsConfig:
     metrics: str  # the summary DVC shows as metrics: loss, accuracy, macro F1
     per_class: str  # precision, recall, F1 and support per class (a plot, not metrics)
     plots: str  # the confusion matrix's rows
+    mistakes: str  # the test images evaluation got wrong, most confident first (CSV)
+    data_report: str  # preprocess's account of the data: per class and split, duplicates, skips
     logs: str  # TensorBoard; each training run replaces the last one's events
     release: str  # releases/: model.onnx, model_info.json, benchmark.json
     checkpoints: str  # resume state of an interrupted training run; not a DVC output

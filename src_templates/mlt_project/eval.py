@@ -1,4 +1,4 @@
-"""Evaluate the trained network on the test split: summary metrics, per-class figures, confusion.
+"""Evaluate the trained network on the test split: metrics, per-class figures, confusion, mistakes.
 
 python -m mlt_project.eval [--params params.yaml]
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import cli
 from .checkpoint import load_network
 from .config import Config
-from .data.store import open_split, read_row_group, split_info, split_path
+from .data.store import open_split, read_file_names, read_row_group, split_info, split_path
 from .files import atomic_output
 from .logs import setup_logger
 
@@ -55,6 +55,27 @@ def classification_report(
     }
 
 
+def mistakes(
+    logits: torch.Tensor, labels: torch.Tensor, class_names: list[str], file_names: list[str]
+) -> list[tuple[str, str, str, float]]:
+    """(file name, true label, predicted label, its probability) of every wrong prediction,
+    most confident first: those are the likeliest label errors, and the costliest mistakes."""
+    probabilities = torch.softmax(logits, dim=1)
+    scores, preds = probabilities.max(dim=1)
+    wrong = (preds != labels).nonzero().flatten()
+    # A stable sort on the negated score: ties keep file order, so reruns write the same file.
+    order = wrong[torch.sort(-scores[wrong], stable=True).indices]
+    return [
+        (
+            file_names[i],
+            class_names[labels[i]],
+            class_names[preds[i]],
+            round(float(scores[i]), 6),
+        )
+        for i in order.tolist()
+    ]
+
+
 def device_for(cfg: Config) -> torch.device:
     """The GPU when training.accelerator allows one and there is one, else the CPU."""
     wants_gpu = cfg.training.accelerator in ("auto", "gpu", "cuda")
@@ -83,7 +104,8 @@ def evaluate(cfg: Config) -> dict[str, object]:
     """Evaluate the checkpoint at paths.model; return the classification report.
 
     Writes paths.metrics (the report's few top-level numbers: what `dvc metrics show` and
-    `dvc exp show` list), paths.per_class (one row per class) and paths.plots (confusion rows).
+    `dvc exp show` list), paths.per_class (one row per class), paths.plots (confusion rows)
+    and paths.mistakes (the test images it got wrong).
     """
     log = setup_logger()
     net = load_network(cfg)
@@ -109,11 +131,18 @@ def evaluate(cfg: Config) -> dict[str, object]:
         writer.writerow(["actual", "predicted"])
         for actual, predicted in zip(labels.tolist(), logits.argmax(dim=1).tolist(), strict=True):
             writer.writerow([class_names[actual], class_names[predicted]])
+    wrong = mistakes(logits, labels, class_names, read_file_names(test))
+    with atomic_output(cfg.paths.mistakes) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "label", "predicted", "score"])
+        writer.writerows(wrong)
     log.info(
-        "test accuracy %.4f, macro F1 %.4f, loss %.4f",
+        "test accuracy %.4f, macro F1 %.4f, loss %.4f; %d mistakes listed in %s",
         results["accuracy"],
         results["macro_f1"],
         results["loss"],
+        len(wrong),
+        cfg.paths.mistakes,
     )
     return results
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from . import cli
 from .config import PARAMS_FILE, DataConfig, load_config
-from .data.preprocess import IMAGE_SUFFIXES, load_image
+from .data.labels import IMAGE_SUFFIXES
+from .data.preprocess import load_image
 from .data.store import open_split, read_row_group, split_info
 from .errors import PipelineError
 from .files import atomic_output, read_json

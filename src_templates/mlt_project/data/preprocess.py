@@ -1,9 +1,11 @@
-"""Raw images in class folders -> resized, channel-converted uint8 arrays in Parquet splits.
+"""Raw images -> resized, channel-converted uint8 arrays in Parquet splits, and a data report.
 
-    data/raw/<class name>/<image>.png|jpg|...  ->  data/processed/{train,val,test}.parquet
+    data/raw/<class name>/<image>.png|jpg|...  or  data/raw/metadata.csv (file_name,label[,split])
+        ->  data/processed/{train,val,test}.parquet, paths.data_report
 
-Class indices follow the sorted folder names. The split is stratified by class and depends only
-on the file list and `data.seed`, so reruns give identical files.
+Class indices follow the sorted class names (labels.py). Each image's split is a function of its
+bytes and `data.seed` (splits.py), so reruns give identical files and new images never move
+old ones.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import collections
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -24,12 +25,12 @@ from tqdm import tqdm
 from .. import cli
 from ..config import Config, DataConfig
 from ..errors import PipelineError
-from .store import SPLITS, rows_per_group, split_path, write_chunks
+from .labels import find_images
+from .report import data_report, write_report
+from .splits import read_facts, split_indices
+from .store import rows_per_group, split_path, write_chunks
 
-IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
-LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
 ORIENTATION = 0x0112  # the EXIF tag
-SAMPLE_HINT = "run `python -m mlt_project.data.sample_data` for the sample digits"
 
 # Images per worker task: few, larger messages through the pipe; fewer for large images, so a
 # task's decoded pixels stay under BLOCK_BYTES, and blocks enough to keep every worker busy.
@@ -38,45 +39,6 @@ IN_FLIGHT = 2  # blocks submitted ahead per worker
 IMAGES_PER_WORKER = 1000
 
 log = logging.getLogger(__name__)
-
-
-def find_images(raw_dir: Path) -> tuple[list[str], list[Path], np.ndarray]:
-    """Class names, image files and their labels from a class-folder tree."""
-    if not raw_dir.is_dir():
-        raise PipelineError(
-            f"{raw_dir} not found: {SAMPLE_HINT}, or put images in {raw_dir}/<class>/"
-        )
-    class_dirs = sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise PipelineError(
-            f"{raw_dir} has no class folders: {SAMPLE_HINT}, or add {raw_dir}/<class>/"
-        )
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
-        if not LABEL_RE.fullmatch(class_dir.name):
-            raise PipelineError(
-                f"class folder {class_dir.name!r} is not a valid label: use up to 64 letters, digits, "
-                "spaces or '_.+-', starting with a letter or digit; rename the folder"
-            )
-        images = sorted(
-            p
-            for p in class_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p.relative_to(class_dir))
-        )
-        if not images:
-            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-            raise PipelineError(
-                f"class folder {class_dir} has no images ({suffixes}): add some or remove it"
-            )
-        files += images
-        labels += [label] * len(images)
-    return [d.name for d in class_dirs], files, np.array(labels, dtype=np.int64)
-
-
-def _hidden(relative: Path) -> bool:
-    # Dotfiles, macOS AppleDouble files (`._name.png`: metadata, not images) and hidden folders.
-    return any(part.startswith(".") for part in relative.parts)
 
 
 def load_image(path: Path, data: DataConfig) -> np.ndarray:
@@ -130,14 +92,15 @@ def decode_block(files: list[Path], data: DataConfig) -> tuple[np.ndarray, list[
 def row_groups(
     files: list[Path],
     labels: np.ndarray,
+    names: list[str],
     data: DataConfig,
     pool: ProcessPoolExecutor | None,
     workers: int,
     group_rows: int,
     skipped: list[Path],
     progress: tqdm,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Decode `files` into (images, labels) chunks of one Parquet row group each, in order.
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Decode `files` into (images, labels, names) chunks of one Parquet row group each, in order.
 
     In `pool`'s workers when there is one, a block of images per task (about BLOCK_BYTES
     decoded). Only a few blocks are in flight at a time, so memory holds the row group being
@@ -167,7 +130,12 @@ def row_groups(
             row += len(block)
             progress.update(len(block))
         chunk_labels = labels[start : start + group_rows]
-        yield (batch, chunk_labels) if kept.all() else (batch[kept], chunk_labels[kept])
+        chunk_names = names[start : start + group_rows]
+        if kept.all():
+            yield batch, chunk_labels, chunk_names
+        else:
+            kept_names = [name for name, keep in zip(chunk_names, kept, strict=True) if keep]
+            yield batch[kept], chunk_labels[kept], kept_names
 
 
 def decode_blocks(
@@ -201,40 +169,28 @@ def resolve_workers(workers: int | str, images: int) -> int:
     return max(1, min(len(cores), images // IMAGES_PER_WORKER))
 
 
-def split_indices(labels: np.ndarray, data: DataConfig) -> dict[str, np.ndarray]:
-    """Stratified train/val/test indices, deterministic for a given data.seed."""
-    rng = np.random.default_rng(data.seed)
-    parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_test = round(len(members) * data.test_fraction)
-        n_val = round(len(members) * data.val_fraction)
-        parts["test"].append(members[:n_test])
-        parts["val"].append(members[n_test : n_test + n_val])
-        parts["train"].append(members[n_test + n_val :])
-    splits = {split: np.sort(np.concatenate(chunks)) for split, chunks in parts.items()}
-    for split, indices in splits.items():
-        if len(indices) == 0:
-            fix = (
-                "lower val_fraction/test_fraction"
-                if split == "train"
-                else f"raise data.{split}_fraction"
-            )
-            raise PipelineError(
-                f"the {split} split is empty with {len(labels)} images: {fix} or add images"
-            )
-    return splits
-
-
 def preprocess(cfg: Config) -> dict[str, int]:
-    """Write the three splits; return the number of images in each."""
-    class_names, files, labels = find_images(Path(cfg.paths.raw))
-    if len(class_names) != cfg.data.num_classes:
+    """Write the three splits and the data report; return the number of images in each split."""
+    raw_dir = Path(cfg.paths.raw)
+    found = find_images(raw_dir, skip_bad=cfg.data.skip_corrupt)
+    if len(found.class_names) != cfg.data.num_classes:
+        where = "class folders" if found.source == "class folders" else f"labels in {found.source}"
         raise PipelineError(
-            f"{cfg.paths.raw} has {len(class_names)} class folders but data.num_classes is "
-            f"{cfg.data.num_classes}: set data.num_classes: {len(class_names)} in params.yaml"
+            f"{raw_dir} has {len(found.class_names)} {where} but data.num_classes is "
+            f"{cfg.data.num_classes}: set data.num_classes: {len(found.class_names)} in params.yaml"
         )
-    splits = split_indices(labels, cfg.data)
+    files, labels = found.files, found.labels
+    facts = read_facts(files)
+    assignment = split_indices(
+        [f.digest for f in facts], labels, found.fixed_splits, files, cfg.data
+    )
+    names = [found.file_name(i, raw_dir) for i in range(len(files))]
+    for label, split in assignment.classes_missing:
+        log.warning(
+            "class %r has no %s images (%d in all): add images, or name some in metadata.csv's "
+            "split column",
+            found.class_names[label], split, int((labels == label).sum()),
+        )  # fmt: skip
     out_dir = Path(cfg.paths.processed)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Split by split, one row group at a time: memory holds a row group or two, not the data set.
@@ -246,13 +202,13 @@ def preprocess(cfg: Config) -> dict[str, int]:
         ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool,
         tqdm(total=len(files), desc="preprocess", unit="img", mininterval=1.0) as progress,
     ):
-        for split, indices in splits.items():
+        for split, indices in assignment.indices.items():
             chunks = row_groups(
-                [files[i] for i in indices], labels[indices], cfg.data, pool, workers, group_rows,
-                skipped, progress,
+                [files[i] for i in indices], labels[indices], [names[i] for i in indices],
+                cfg.data, pool, workers, group_rows, skipped, progress,
             )  # fmt: skip
             path = split_path(out_dir, split)
-            counts[split] = write_chunks(path, chunks, cfg.data.input_shape, class_names)
+            counts[split] = write_chunks(path, chunks, cfg.data.input_shape, found.class_names)
             if counts[split] == 0:
                 raise PipelineError(
                     f"the {split} split is empty: all its {len(indices)} images are unreadable "
@@ -264,7 +220,21 @@ def preprocess(cfg: Config) -> dict[str, int]:
             len(skipped),
             ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else ""),
         )
-    log.info("wrote %s to %s (%d classes)", counts, out_dir, len(class_names))
+    report = data_report(found, names, facts, assignment, set(skipped))
+    write_report(cfg.paths.data_report, report)
+    duplicates = report["duplicates"]
+    log.info(
+        "%d exact duplicate file(s) in %d group(s), each group kept in one split%s",
+        duplicates["copies"],
+        duplicates["groups"],
+        f" ({duplicates['with_different_labels']} with different labels)"
+        if duplicates["with_different_labels"]
+        else "",
+    )
+    log.info(
+        "wrote %s to %s (%d classes, labels from %s; report in %s)",
+        counts, out_dir, len(found.class_names), found.source, cfg.paths.data_report,
+    )  # fmt: skip
     return counts
 
 

@@ -1,7 +1,8 @@
 """The processed-data format: one Parquet file per split.
 
-Each row is one image: `image` holds its uint8 pixels (C*H*W bytes, fixed-size binary) and
-`label` its class index. The file's metadata holds the format number, the image shape and the
+Each row is one image: `image` holds its uint8 pixels (C*H*W bytes, fixed-size binary), `label`
+its class index and `file_name` its source file, relative to paths.raw (so evaluation can name
+the images it gets wrong). The file's metadata holds the format number, the image shape and the
 class names, so readers need nothing else. Row groups are sized in bytes, not rows, so memory
 per row group is the same whatever the image size.
 """
@@ -23,8 +24,8 @@ from ..files import atomic_output
 
 SPLITS = ("train", "val", "test")
 # 2: pixels as fixed_size_binary (1: a fixed-size list of uint8, which decoded through per-value
-# offsets and took ~10x a row group of transient memory to write).
-FORMAT = 2
+# offsets and took ~10x a row group of transient memory to write). 3: the file_name column.
+FORMAT = 3
 # Bytes of pixels per row group: what a reader or writer holds at a time, per thread or worker.
 ROW_GROUP_BYTES = 32 * 2**20
 PAGE_BYTES = 2**20
@@ -41,19 +42,25 @@ def rows_per_group(shape: tuple[int, ...], row_group_bytes: int = ROW_GROUP_BYTE
     return max(1, row_group_bytes // int(np.prod(shape)))
 
 
-def write_split(path: Path, images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> None:
-    """Write (N, C, H, W) uint8 images and their labels, atomically."""
-    write_chunks(path, [(images, labels)], tuple(images.shape[1:]), class_names)
+def write_split(
+    path: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    file_names: list[str],
+) -> None:
+    """Write (N, C, H, W) uint8 images, their labels and source file names, atomically."""
+    write_chunks(path, [(images, labels, file_names)], tuple(images.shape[1:]), class_names)
 
 
 def write_chunks(
     path: Path,
-    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    chunks: Iterable[tuple[np.ndarray, np.ndarray, list[str]]],
     shape: tuple[int, ...],
     class_names: list[str],
     row_group_bytes: int = ROW_GROUP_BYTES,
 ) -> int:
-    """Write (images, labels) chunks as they come, so only one chunk is in memory; return rows.
+    """Write (images, labels, file names) chunks as they come, one chunk in memory; return rows.
 
     A chunk becomes one row group or more (at most `row_group_bytes` of pixels each).
     """
@@ -64,14 +71,18 @@ def write_chunks(
         "class_names": json.dumps(class_names),
     }
     schema = pa.schema(
-        [pa.field("image", pa.binary(size), nullable=False), pa.field("label", pa.int64())],
+        [
+            pa.field("image", pa.binary(size), nullable=False),
+            pa.field("label", pa.int64()),
+            pa.field("file_name", pa.string()),
+        ],
         metadata=metadata,
     )
     rows = 0
     options = {
         # Pixels uncompressed and never dictionary-encoded: decoded images barely compress, and
         # decompressing them would cost every epoch of a streamed read.
-        "compression": {"image": "none", "label": "snappy"},
+        "compression": {"image": "none", "label": "snappy", "file_name": "snappy"},
         "use_dictionary": ["label"],
         # Pages of ~PAGE_BYTES: the writer encodes this many rows before it checks a page's size,
         # and by default (1,024 rows) a page, and its copies, held the whole row group.
@@ -80,14 +91,15 @@ def write_chunks(
         "write_statistics": ["label"],
     }
     with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
-        for images, labels in chunks:
+        for images, labels, file_names in chunks:
             pixels = np.ascontiguousarray(images, dtype=np.uint8)
             # The pixels' own memory as the column's data buffer: no copy, no per-row objects.
             image_column = pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(size), len(labels), [None, pa.py_buffer(pixels)]
             )
             label_column = pa.array(labels, type=pa.int64())
-            table = pa.Table.from_arrays([image_column, label_column], schema=schema)
+            name_column = pa.array(file_names, type=pa.string())
+            table = pa.Table.from_arrays([image_column, label_column, name_column], schema=schema)
             writer.write_table(table, row_group_size=rows_per_group(shape, row_group_bytes))
             rows += len(labels)
     return rows
@@ -115,6 +127,13 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     # Arrow's allocator keeps freed buffers for reuse; hand them back, once all threads are done.
     pa.default_memory_pool().release_unused()
     return images, labels, class_names
+
+
+def read_file_names(path: Path) -> list[str]:
+    """Each row's source file (relative to paths.raw), in file order: one small column."""
+    with open_split(path) as parquet:
+        split_info(parquet, path)
+        return parquet.read(columns=["file_name"]).column("file_name").to_pylist()
 
 
 def open_split(path: Path) -> pq.ParquetFile:

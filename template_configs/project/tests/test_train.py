@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mlt_project.config import ConfigError
-from mlt_project.eval import evaluate
+from mlt_project.eval import evaluate, mistakes
 from mlt_project.factories import create_datamodule, create_model, create_trainer
 from mlt_project.resume import run_fingerprint
 from mlt_project.train import train
@@ -47,6 +47,27 @@ def test_train_then_evaluate_writes_checkpoint_curves_and_metrics(processed):
     assert sum(int(row["support"]) for row in per_class) == summary["num_samples"]
     f1 = [float(row["f1"]) for row in per_class]
     assert summary["macro_f1"] == pytest.approx(sum(f1) / len(f1), abs=1e-5)
+    # The mistakes file lists exactly the confusion matrix's off-diagonal test images, by name.
+    confusion = read_csv(cfg.paths.plots)
+    mistakes = read_csv(cfg.paths.mistakes)
+    assert len(mistakes) == sum(row["actual"] != row["predicted"] for row in confusion)
+    for row in mistakes:
+        assert row["file_name"].split("/")[0] == row["label"] != row["predicted"]
+        assert (Path(cfg.paths.raw) / row["file_name"]).is_file()
+    scores = [float(row["score"]) for row in mistakes]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_mistakes_come_most_confident_first_with_their_file_names():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 5.0], [0.0, 1.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    rows = mistakes(logits, labels, ["cat", "dog"], ["a.png", "b.png", "c.png", "d.png"])
+    assert [row[:3] for row in rows] == [
+        ("b.png", "cat", "dog"),  # p(dog) = 0.993
+        ("d.png", "dog", "cat"),  # p(cat) = 0.953
+        ("c.png", "cat", "dog"),  # p(dog) = 0.731
+    ]
+    assert [row[3] for row in rows] == pytest.approx([0.993307, 0.952574, 0.731059], abs=1e-6)
 
 
 @pytest.mark.skipif(
