@@ -2,8 +2,9 @@
 
     data/raw/<class name>/<image>.png|jpg|...  ->  data/processed/{train,val,test}.parquet
 
-Class indices follow the sorted folder names. The split is stratified by class and depends only
-on the file list and `data.seed`, so reruns give identical files.
+Class indices follow the sorted folder names. The split is stratified by class, each split's rows
+are in a random order, and both depend only on the file list and `data.seed`, so reruns give
+identical files.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def resolve_workers(workers: int | str, images: int) -> int:
 
 
 def split_indices(labels: np.ndarray, data: DataConfig) -> dict[str, np.ndarray]:
-    """Stratified train/val/test indices, deterministic for a given data.seed."""
+    """Stratified train/val/test indices in a random order, deterministic for a given data.seed."""
     rng = np.random.default_rng(data.seed)
     parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     for label in np.unique(labels):
@@ -210,7 +211,10 @@ def split_indices(labels: np.ndarray, data: DataConfig) -> dict[str, np.ndarray]
         parts["test"].append(members[:n_test])
         parts["val"].append(members[n_test : n_test + n_val])
         parts["train"].append(members[n_test + n_val :])
-    splits = {split: np.sort(np.concatenate(chunks)) for split, chunks in parts.items()}
+    # Each split in a random order (drawn after the split, which stays as it was): written in
+    # this order, every run of rows in the file, a row group included, samples the whole split,
+    # so a streamed epoch sees the classes mixed as in memory (in class order, a batch held few).
+    splits = {split: rng.permutation(np.concatenate(chunks)) for split, chunks in parts.items()}
     for split, indices in splits.items():
         if len(indices) == 0:
             fix = (
