@@ -181,23 +181,30 @@ def gather(parts: list[tuple[np.ndarray, np.ndarray]], index: np.ndarray, shared
     """The rows `index` of `parts` laid end to end, as one batch (images, labels).
 
     Sorted, so the rows of a part are copied in one operation: a batch is a set, its order
-    within plays no part in training. In a worker the images go straight to shared memory,
-    which the DataLoader would otherwise copy them to.
+    within plays no part in training.
     """
     index = np.sort(index)
     shape = (len(index), *parts[0][0].shape[1:])
-    images = torch.empty(shape, dtype=torch.uint8)
-    if shared:
-        images = images.share_memory_()  # before it is written: nothing to copy yet
+    images = _shared_images(shape) if shared else torch.empty(shape, dtype=torch.uint8)
     out, labels = images.numpy(), np.empty(len(index), dtype=np.int64)
     starts = np.cumsum([0] + [len(part[1]) for part in parts])
     cuts = np.searchsorted(index, starts)
     for (pixels, part_labels), first, low, high in zip(parts, starts, cuts, cuts[1:], strict=False):
         if high > low:
             rows = index[low:high] - first
-            np.take(pixels, rows, axis=0, out=out[low:high])
+            # mode="clip": the rows are in range, and the default ("raise") copies through a
+            # buffer, 3x slower.
+            np.take(pixels, rows, axis=0, out=out[low:high], mode="clip")
             labels[low:high] = part_labels[rows]
     return images, torch.from_numpy(labels)
+
+
+def _shared_images(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty uint8 tensor in shared memory, where a worker's batch must go to reach the main
+    process: allocated there, as torch's default_collate does, it is not copied there (3 MB
+    batches: 2.5 ms against 16 ms for share_memory_() of an ordinary tensor)."""
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 class StreamLoader(DataLoader):
