@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,27 +207,67 @@ def test_two_processes_stream_equal_shares_that_cover_the_split_once(tmp_path):
             assert rank["resumed"] == rank["epochs"][1][2:]
 
 
-def test_streamed_ddp_training_on_two_processes_finishes(tmp_path):
-    """Row groups of unequal size (and a validation split of one): it once hung here."""
+def ddp_project(root: Path) -> list[str]:
+    """Splits of unequal row groups (validation: one) and params for 2 CPU processes; the
+    command that trains."""
     rng = np.random.default_rng(0)
     for split, sizes in {"train": [150, 9, 70, 1], "val": [45], "test": [45]}.items():
         labels = [rng.integers(0, CLASSES, size) for size in sizes]
         chunks = [(rng.integers(0, 256, (len(y), 1, 8, 8), dtype=np.uint8), y) for y in labels]
         write_chunks(
-            split_path(tmp_path / "processed", split),
+            split_path(root / "processed", split),
             chunks, (1, 8, 8), [str(c) for c in range(CLASSES)],
         )  # fmt: skip
     params = yaml.safe_load(PARAMS.read_text())
-    params["paths"] = {key: str(tmp_path / key) for key in params["paths"]}
-    params["training"].update(max_epochs=2, batch_size=16, accelerator="cpu", devices=2)
+    params["paths"] = {key: str(root / key) for key in params["paths"]}
+    # 115 rows per process, 8 batches of 16: checkpoints every 3 steps fall inside epochs.
+    params["training"].update(max_epochs=3, batch_size=16, accelerator="cpu", devices=2)
     params["training"].update(precision="32-true")
     params["runtime"].update(streaming=True, loader_workers=2, checkpoint_every_n_steps=3)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src_templates"), "MASTER_PORT": str(free_port())}
-    result = subprocess.run(
-        [sys.executable, "-m", "mlt_project.train"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    curves = (tmp_path / "curves").read_text().splitlines()
-    assert len(curves) == 1 + 2  # a header and both epochs, validated
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return [sys.executable, "-m", "mlt_project.train"]
+
+
+def ddp_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src_templates"),
+        "MASTER_PORT": str(free_port()),
+    }
+
+
+def test_streamed_ddp_training_on_two_processes_finishes_and_resumes_exactly(tmp_path):
+    """Over row groups of unequal size it once hung at the first validation."""
+    import torch
+
+    train = ddp_project(tmp_path)
+    model, resume = tmp_path / "model", tmp_path / "checkpoints" / "last.ckpt"
+
+    def run() -> str:
+        result = subprocess.run(train, cwd=tmp_path, env=ddp_env(), capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr
+
+    def weights() -> dict:
+        return torch.load(model, map_location="cpu", weights_only=True)["state_dict"]
+
+    run()
+    assert len((tmp_path / "curves").read_text().splitlines()) == 1 + 3  # every epoch validated
+    expected = weights()
+    model.unlink()
+    # Both processes killed at once (their session), as a lost machine is, mid-epoch.
+    killed = subprocess.Popen(train, cwd=tmp_path, env=ddp_env(), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    while not resume.exists():
+        assert killed.poll() is None, killed.communicate()[1][-3000:]
+        time.sleep(0.01)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    step = torch.load(resume, map_location="cpu", weights_only=False)["global_step"]
+    assert step % 8, "the checkpoint fell at an epoch's end"
+    assert f"step {step}" in run()
+    resumed = weights()
+    assert resumed.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(resumed[name], tensor), f"{name} differs from the uninterrupted run"
