@@ -40,7 +40,6 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # the order is the same whatever their number: loader_workers changes speed only, and a run
 # resumed on a machine with other cores resumes exactly.
 STREAMS = 8
-MAX_AUTO_WORKERS = 8  # readers past this add memory, not speed: one is ~1 GB/s of images
 log = logging.getLogger(__name__)
 
 
@@ -135,7 +134,13 @@ class ParquetBatches(IterableDataset):
 def stream_workers(requested: int) -> int:
     """The loader workers a streamed split uses: a divisor of STREAMS, so that each reads whole
     streams and the order of batches does not depend on how many there are."""
-    return max(w for w in range(1, STREAMS + 1) if STREAMS % w == 0 and w <= max(1, requested))
+    workers = max(w for w in range(1, STREAMS + 1) if STREAMS % w == 0 and w <= max(1, requested))
+    if workers != requested:
+        log.info(
+            "runtime.loader_workers %d: streaming with %d, a divisor of its %d streams",
+            requested, workers, STREAMS,
+        )  # fmt: skip
+    return workers
 
 
 def worker_batches(batches: int, parts: int, part: int) -> tuple[int, int]:
@@ -251,12 +256,12 @@ class StreamLoader(DataLoader):
 
 def auto_workers(processes: int = 1) -> int:
     """`loader_workers: auto` when streaming: this process's share of the cores it may run on,
-    one left for training itself, at most MAX_AUTO_WORKERS."""
+    one left for training itself, at most STREAMS (a worker more would have no stream)."""
     if hasattr(os, "sched_getaffinity"):  # Linux; not on macOS or Windows
         cores = len(os.sched_getaffinity(0))
     else:
         cores = os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_WORKERS, cores // max(1, processes) - 1))
+    return max(1, min(STREAMS, cores // max(1, processes) - 1))
 
 
 def _placement() -> tuple[int, int]:

@@ -95,7 +95,7 @@ def test_a_streamed_epoch_resumes_at_the_batch_it_stopped(processed):
 
 def test_auto_loader_workers_follow_the_cores_this_process_may_use(processed, monkeypatch):
     monkeypatch.setattr(stream.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert stream.auto_workers() == 8  # at most 8: more only add memory
+    assert stream.auto_workers() == 8  # at most one per stream
     assert stream.auto_workers(processes=4) == 3  # 4 processes share the 16 cores, 1 each trains
     monkeypatch.setattr(stream.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert stream.auto_workers() == 1
