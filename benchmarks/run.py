@@ -52,7 +52,7 @@ TARGETS = {  # id -> (comparison, bound); ratios are "ours / baseline" unless na
     "P2 peak memory (copies)": ("<=", 2.0),
     "P2b streamed/in-memory img/s": (">=", 0.5),  # 0.9 on 16 cores
     "P2c streamed/in-memory img/s": (">=", 0.5),
-    "P2m streamed RSS growth": ("<=", 1.2),  # RSS rise at 3x the split / at 1x: flat
+    "P2m streamed RSS growth": ("<=", 1.1),  # peak RSS at 3x the split / at 1x: flat
     "P3 2 workers speed-up": (">=", 1.6),
     "P3m RSS at 224 px (MB)": ("<=", 1024.0),
     "P3m rise / row group": ("<=", 2.0),
@@ -842,11 +842,13 @@ def rows(results: dict) -> list[tuple[str, float | None, str]]:
             out.append((f"{key} streamed/in-memory img/s", r["ratio"], detail))
     if "P2m" in results:
         r = results["P2m"]
+        # The peak of the process family: a rise over "baseline x processes" misleads, as a
+        # forked worker's RSS counts pages it shares with the main process.
         detail = ", ".join(
-            f"{v['split_mb']:.0f} MB split: +{v['rise_mb']:.0f} MB ({v['processes']} proc)"
+            f"{v['split_mb']:.0f} MB split: {v['peak_mb']:.0f} MB ({v['processes']} proc)"
             for v in r.values()
         )
-        low, high = (v["rise_mb"] for v in r.values())
+        low, high = (v["peak_mb"] for v in r.values())
         out.append(("P2m streamed RSS growth", high / low, detail))
     if "P3m" in results:
         r = results["P3m"]
