@@ -1,8 +1,8 @@
 """Parquet splits -> batches: from in-memory tensors, or streamed row group by row group.
 
 In memory is the fast path: a batch is one indexing operation. Streaming (`runtime.streaming`,
-stream.py) keeps a few row groups per DataLoader worker in memory, for data sets larger than RAM,
-and feeds batches shuffled as in memory: the same classes per batch, the same accuracy.
+stream.py), for data sets larger than RAM, keeps a row group or two per stream in memory and
+feeds batches shuffled as in memory: the same classes per batch, the same accuracy.
 """
 
 from __future__ import annotations
