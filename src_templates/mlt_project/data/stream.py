@@ -133,8 +133,11 @@ class ParquetBatches(IterableDataset):
 
 def stream_workers(requested: int) -> int:
     """The loader workers a streamed split uses: a divisor of STREAMS, so that each reads whole
-    streams and the order of batches does not depend on how many there are."""
-    workers = max(w for w in range(1, STREAMS + 1) if STREAMS % w == 0 and w <= max(1, requested))
+    streams and the order of batches does not depend on how many there are. None: this process
+    reads (as one worker would)."""
+    if requested <= 0:
+        return 0
+    workers = max(w for w in range(1, STREAMS + 1) if STREAMS % w == 0 and w <= requested)
     if workers != requested:
         log.info(
             "runtime.loader_workers %d: streaming with %d, a divisor of its %d streams",

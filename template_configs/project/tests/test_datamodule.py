@@ -103,7 +103,7 @@ def test_auto_loader_workers_follow_the_cores_this_process_may_use(processed, mo
     monkeypatch.setattr(stream.os, "cpu_count", lambda: 4)
     assert stream.auto_workers() == 3
     # Streamed, a divisor of the streams, so the order stays the same; in memory, none.
-    assert stream.stream_workers(3) == 2 and stream.stream_workers(0) == 1
+    assert stream.stream_workers(3) == 2 and stream.stream_workers(0) == 0
     in_memory = streamed(processed, streaming=False, loader_workers="auto")
     assert in_memory.num_workers == 0
     assert streamed(processed, loader_workers="auto").num_workers == 2
