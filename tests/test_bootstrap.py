@@ -59,6 +59,7 @@ EXPECTED_TREE = (
     "src/{module}/data/sample_data.py",
     "src/{module}/data/splits.py",
     "src/{module}/data/store.py",
+    "src/{module}/data/stream.py",
     "src/{module}/distributed.py",
     "src/{module}/env.py",
     "src/{module}/errors.py",

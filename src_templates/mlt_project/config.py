@@ -168,7 +168,7 @@ class RuntimeConfig:
     """How fast the stages run, not what they compute: no DVC stage depends on these."""
 
     preprocess_workers: int | str  # processes decoding images; auto = from cores and image count
-    loader_workers: int  # DataLoader worker processes
+    loader_workers: int | str  # DataLoader worker processes; auto = 0 in memory, per core streamed
     pin_memory: bool  # page-locked batches for faster copies to the GPU; ignored without one
     persistent_workers: bool  # keep DataLoader workers between epochs (loader_workers > 0)
     streaming: bool | str  # read Parquet row group by row group; auto = when data > RAM / 4
@@ -179,8 +179,9 @@ class RuntimeConfig:
         workers = self.preprocess_workers
         if workers != "auto" and not (isinstance(workers, int) and workers >= 1):
             raise ValueError('preprocess_workers must be at least 1, or "auto"')
-        if self.loader_workers < 0:
-            raise ValueError("loader_workers must be 0 or more")
+        loader = self.loader_workers
+        if loader != "auto" and not (isinstance(loader, int) and loader >= 0):
+            raise ValueError('loader_workers must be 0 or more, or "auto"')
         if isinstance(self.streaming, str) and self.streaming != "auto":
             raise ValueError('streaming must be true, false or "auto"')
         if self.checkpoint_every_n_steps < 1:

@@ -23,8 +23,13 @@ from .model.network import build_network, check_sections, network_spec
 
 # Warnings of Lightning's that a user of this project cannot act on, silenced while training
 # only (not process-wide): batches come from in-memory tensors, where worker processes would
-# only add start-up time; and Lightning's own use of a torch API that torch has deprecated.
-QUIET_WARNINGS = (".*does not have many workers.*", ".*isinstance.treespec, LeafSpec.*")
+# only add start-up time; a streamed split's length is exact, as data/stream.py gives each
+# worker batches of its own; and Lightning's own use of a torch API that torch has deprecated.
+QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*IterableDataset. has .__len__. defined.*",
+    ".*isinstance.treespec, LeafSpec.*",
+)
 
 
 @contextlib.contextmanager

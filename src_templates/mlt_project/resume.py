@@ -41,6 +41,7 @@ TRAINING_CODE = (
     "data/datamodule.py",
     "data/resumable.py",
     "data/store.py",
+    "data/stream.py",
     "factories.py",
     "model",
     "resume.py",

@@ -1,29 +1,25 @@
 """Parquet splits -> batches: from in-memory tensors, or streamed row group by row group.
 
-In memory is the fast path: a batch is one indexing operation. Streaming keeps one row group
-per DataLoader worker in memory, for data sets larger than RAM (`training.streaming`).
+In memory is the fast path: a batch is one indexing operation. Streaming (`runtime.streaming`,
+stream.py), for data sets larger than RAM, keeps a row group or two per stream in memory and
+feeds batches shuffled as in memory: the same classes per batch, the same accuracy.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PipelineError
 from .resumable import ResumableLoader, SeededShuffle
-from .store import open_split, read_row_group, read_split, split_info, split_path
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-log = logging.getLogger(__name__)
+from .store import open_split, read_split, split_info, split_path
+from .stream import Batch, ParquetBatches, StreamLoader, auto_workers, stream_workers
 
 
 class TensorBatches(Dataset):
@@ -53,126 +49,6 @@ class TensorBatches(Dataset):
         return self.images[index], self.labels[index]
 
 
-class ParquetBatches(IterableDataset):
-    """Batches read one Parquet row group at a time; shuffled within and across row groups.
-
-    Row groups are split between DDP processes and DataLoader workers. When shuffling (training),
-    every process gets the same number of row groups, so none waits on another at the end of an
-    epoch; the few left over change each epoch. Without shuffling, rows come in file order.
-    """
-
-    def __init__(self, path: Path, batch_size: int, shuffle: bool, seed: int = 0) -> None:
-        self.path = path
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        # Set by the main process (StreamLoader) and read by DataLoader workers: shared memory,
-        # so that persistent workers, which keep their own copy of the dataset, see it too.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        parquet = open_split(path)
-        self.shape, self.class_names = split_info(parquet, path)
-        self.num_row_groups = parquet.num_row_groups
-        self.num_rows = parquet.metadata.num_rows
-        self.group_rows = [
-            parquet.metadata.row_group(i).num_rows for i in range(self.num_row_groups)
-        ]
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(epoch)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """All labels, in file order (one small column)."""
-        table = open_split(self.path).read(columns=["label"])
-        return torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
-
-    def __len__(self) -> int:
-        """Batches per epoch (per process under DDP): what progress bars count to."""
-        return self.batches(torch.distributed.get_world_size() if _distributed() else 1)
-
-    def batches(self, world_size: int) -> int:
-        """Batches each of `world_size` processes reads per epoch."""
-        return sum(-(-rows // self.batch_size) for rows in self.group_rows) // world_size
-
-    def __iter__(self) -> Iterator[Batch]:
-        rank, world = (
-            (torch.distributed.get_rank(), torch.distributed.get_world_size())
-            if _distributed()
-            else (0, 1)
-        )
-        worker = get_worker_info() or _OneWorker()
-        epoch = self.epoch
-        groups = np.arange(self.num_row_groups)
-        if self.shuffle:
-            # The same permutation in every process, so their shares never overlap.
-            groups = np.random.default_rng((self.seed, epoch)).permutation(groups)
-            groups = groups[: len(groups) - len(groups) % world]
-        rng = np.random.default_rng((self.seed, epoch, rank, worker.id))
-        parquet = open_split(self.path)  # a reader per worker: never shared between threads
-        for group in groups[rank::world][worker.id :: worker.num_workers]:
-            images, labels = read_row_group(parquet, int(group), self.shape)
-            order = rng.permutation(len(labels)) if self.shuffle else np.arange(len(labels))
-            for start in range(0, len(order), self.batch_size):
-                index = order[start : start + self.batch_size]
-                yield torch.from_numpy(images[index]), torch.from_numpy(labels[index])
-
-
-class StreamLoader(DataLoader):
-    """The training loader over ParquetBatches: a new order each epoch, and an exact resume.
-
-    The epoch is counted here, in the main process, and handed to the dataset before its workers
-    start. Lightning saves `state_dict` in every checkpoint; a resumed epoch reads its batches in
-    the same order again and drops the ones the interrupted run had trained on.
-    """
-
-    dataset: ParquetBatches
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.epoch = 0  # the epoch the next __iter__ reads
-        self._state = {"epoch": 0, "batches": 0}
-        self._resume: dict[str, int] | None = None
-
-    def __iter__(self) -> Iterator[Batch]:
-        skip = 0
-        if (resume := self._resume) is not None:
-            self._resume = None
-            finished = resume["batches"] >= len(self)
-            self.epoch = resume["epoch"] + finished
-            skip = 0 if finished else resume["batches"]
-        if skip:
-            log.info(
-                "resuming streamed epoch %d at batch %d: reading its row groups again in the "
-                "same order and skipping the batches already trained on",
-                self.epoch, skip,
-            )  # fmt: skip
-        self._state = {"epoch": self.epoch, "batches": skip}
-        self.dataset.set_epoch(self.epoch)
-        self.epoch += 1
-        for index, batch in enumerate(super().__iter__()):
-            if index >= skip:
-                self._state["batches"] += 1  # counted as handed out, not as prefetched
-                yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return dict(self._state)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._resume = dict(state)
-
-
-class _OneWorker:
-    id, num_workers = 0, 1
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def fits_in_memory(paths: list[Path], fraction: float = 0.25) -> bool:
     """Whether the splits' decoded images take less than `fraction` of this machine's RAM."""
     total = 0
@@ -198,7 +74,7 @@ class ImageDataModule(L.LightningDataModule):
         processed_dir: str | Path,
         batch_size: int,
         eval_batch_size: int,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool = False,
         persistent_workers: bool = True,
         streaming: bool | str = "auto",
@@ -251,14 +127,23 @@ class ImageDataModule(L.LightningDataModule):
         self.input_shape = tuple(images.shape[1:])
         return TensorBatches(torch.from_numpy(images), torch.from_numpy(labels))
 
+    def loader_workers(self, streamed: bool) -> int:
+        """runtime.loader_workers, `auto` resolved: none in memory (a batch is one indexing
+        operation, which a worker would only copy), per core streamed (stream.auto_workers)."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        if not streamed:
+            return 0
+        trainer = self.trainer  # the processes on this machine share its cores
+        return auto_workers(trainer.num_devices if trainer is not None else 1)
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        workers = self.num_workers
+        workers = self.loader_workers(streamed=isinstance(dataset, ParquetBatches))
         if isinstance(dataset, ParquetBatches):
             # The dataset yields whole batches, row groups read in parallel by the workers.
-            # Evaluation reads in this process, so that predictions come in file order (workers
-            # would interleave their row groups).
-            batch_size, workers = None, workers if shuffle else 0
+            # Evaluation reads in this process: it is a fraction of an epoch's reading.
+            batch_size, workers = None, stream_workers(workers) if shuffle else 0
         options = {
             "batch_size": batch_size,
             "collate_fn": keep_batch,

@@ -5,7 +5,8 @@
 
 Class indices follow the sorted class names (labels.py). Each image's split is a function of its
 bytes and `data.seed` (splits.py), so reruns give identical files and new images never move
-old ones.
+old ones; each split's rows are written in a seeded random order, so that any run of rows (a
+row group, as streaming reads them) is a sample of the whole split.
 """
 
 from __future__ import annotations

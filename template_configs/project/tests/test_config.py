@@ -39,6 +39,10 @@ def bad_optimizer(params):
     params["training"]["optimizer"] = "adam"
 
 
+def many_workers(params):
+    params["runtime"]["loader_workers"] = "many"
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -47,6 +51,7 @@ def bad_optimizer(params):
         (word_for_number, "key 'training.batch_size' is 'sixty-four'"),
         (scalar_size, "key 'data.image_size' is 8"),
         (bad_optimizer, "optimizer must be one of adamw, sgd"),
+        (many_workers, 'loader_workers must be 0 or more, or "auto"'),
     ],
 )
 def test_bad_params_name_the_key_and_the_file(tmp_path, edit, message):

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mlt_project.data import stream
 from mlt_project.factories import create_datamodule
 
 
@@ -94,3 +95,24 @@ def test_a_streamed_epoch_resumes_at_the_batch_it_stopped(processed):
     finished = streamed(processed)
     finished.load_state_dict({"epoch": 0, "batches": len(first)})  # saved at an epoch's end
     assert [done[0], *rest] == labels_of(finished)  # epoch 1 from its start
+
+
+def test_auto_loader_workers_follow_the_cores_this_process_may_use(processed, monkeypatch):
+    monkeypatch.setattr(stream.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert stream.auto_workers() == 8  # at most one per stream
+    assert stream.auto_workers(processes=4) == 3  # 4 processes share the 16 cores, 1 each trains
+    monkeypatch.setattr(stream.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert stream.auto_workers() == 1
+    monkeypatch.delattr(stream.os, "sched_getaffinity", raising=False)  # as on macOS
+    monkeypatch.setattr(stream.os, "cpu_count", lambda: 4)
+    assert stream.auto_workers() == 3
+    # Streamed, a divisor of the streams, so the order stays the same; in memory, none.
+    assert stream.stream_workers(3) == 2 and stream.stream_workers(0) == 0
+    in_memory = streamed(processed, streaming=False, loader_workers="auto")
+    assert in_memory.num_workers == 0
+    assert streamed(processed, loader_workers="auto").num_workers == 2
+
+
+def test_a_streamed_epoch_is_the_same_whatever_the_number_of_workers(processed):
+    epochs = [labels_of(streamed(processed, loader_workers=w)) for w in (0, 1, 2)]
+    assert epochs[0] == epochs[1] == epochs[2]
