@@ -260,8 +260,9 @@ def parity_summary(parity: dict[str, object]) -> str:
     """One line on a passed gate, as the export and the benchmark log it."""
     return (
         f"parity on {parity['samples']} test images: max abs diff {parity['max_abs_diff']:.3g} "
-        f"with logits up to {parity['max_logit']:.3g}, {parity['tolerance_used']:.1%} of the "
-        f"tolerance; classes identical ({parity['ties']} tie(s) not compared)"
+        f"with logits up to {parity['max_logit']:.3g}, "
+        f"{100 * parity['tolerance_used']:.2g}% of the tolerance; classes identical "
+        f"({parity['ties']} tie(s) not compared)"
     )
 
 
