@@ -39,6 +39,14 @@ os.replace = _replace_or_die
 """
 
 
+@pytest.fixture
+def rng(request) -> random.Random:
+    """The kill points' randomness, seeded and printed: FAULT_SEED=<seed> replays a failure."""
+    seed = int(os.environ.get("FAULT_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"{request.node.name}: FAULT_SEED={seed}")  # shown with a failure's captured output
+    return random.Random(seed)
+
+
 def start(cmd: list[str], project: Path, **extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         cmd,
@@ -203,7 +211,7 @@ def test_a_batch_retry_in_a_fresh_container_resumes_from_the_checkpoint_in_s3(
     assert listed == []  # the finished run cleared it
 
 
-def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy):
+def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy, rng):
     model = project_copy / "models" / "model.ckpt"
     expected = weights(model)
     # 20 steps per epoch: a checkpoint every 7 steps lands mid-epoch. Not part of the run's
@@ -214,7 +222,7 @@ def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy):
     wait_for(resume, training)
     # Soon: on an idle machine the whole run takes a few seconds, and a kill during its shutdown
     # (resume file already removed) would find nothing to resume.
-    time.sleep(random.uniform(0.0, 0.3))
+    time.sleep(rng.uniform(0.0, 0.3))
     training.kill()
     training.communicate()
     assert training.returncode == -signal.SIGKILL, "training finished before the kill"
@@ -231,7 +239,7 @@ def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy):
     assert_same_weights(model, expected)
 
 
-def test_streamed_training_killed_mid_epoch_resumes_exactly(project_copy):
+def test_streamed_training_killed_mid_epoch_resumes_exactly(project_copy, rng):
     """The streamed loader (row groups read by 2 persistent workers) resumes as the in-memory one
     does: the same weights as an uninterrupted streamed run, bit for bit."""
     set_params(
@@ -251,7 +259,7 @@ def test_streamed_training_killed_mid_epoch_resumes_exactly(project_copy):
 
     training = start(train, project_copy)
     wait_for(resume, training)
-    time.sleep(random.uniform(0.0, 0.5))
+    time.sleep(rng.uniform(0.0, 0.5))
     training.kill()  # the DataLoader workers notice their parent is gone and exit
     training.communicate()
     assert training.returncode == -signal.SIGKILL, "training finished before the kill"
@@ -334,7 +342,7 @@ STAGES = {
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_a_stage_killed_at_a_random_point_leaves_outputs_absent_or_whole(
-    project_copy, tmp_path, stage
+    project_copy, tmp_path, stage, rng
 ):
     outs, renames = STAGES[stage]
     for out in outs:  # as DVC does before it runs a stage
@@ -343,7 +351,7 @@ def test_a_stage_killed_at_a_random_point_leaves_outputs_absent_or_whole(
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILL_HOOK)
-    at = random.randint(1, len(renames))
+    at = rng.randint(1, len(renames))
     process = subprocess.Popen(
         [sys.executable, "-m", f"{MODULE}.{stage}"],
         cwd=project_copy,
@@ -383,7 +391,7 @@ def rendered_files(root: Path) -> dict[str, bytes]:
 
 
 def test_bootstrap_killed_mid_run_leaves_no_half_file_and_a_rerun_completes(
-    tmp_path, template_repo
+    tmp_path, template_repo, rng
 ):
     reference_host = make_host(tmp_path / "reference" / "proj", template_repo)
     run("python3", ".ml-aws-template/bootstrap.py", "--torch", "cpu", cwd=reference_host)
@@ -391,7 +399,7 @@ def test_bootstrap_killed_mid_run_leaves_no_half_file_and_a_rerun_completes(
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILL_HOOK)
-    for trial, at in enumerate(random.sample(range(1, len(reference)), 3)):
+    for trial, at in enumerate(rng.sample(range(1, len(reference)), 3)):
         host = make_host(tmp_path / f"trial{trial}" / "proj", template_repo)
         killed = subprocess.run(
             ["python3", ".ml-aws-template/bootstrap.py", "--torch", "cpu"],
