@@ -26,13 +26,14 @@ REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 def load_tensors(path: str | Path, what: str, fix: str) -> Any:
     """torch.load `path` on the CPU as data; PipelineError that says why it cannot be read.
 
-    `what` names the file in the message ("the resume checkpoint checkpoints/last.ckpt"), `fix`
+    `what` names the file in the message ("checkpoint checkpoints/last.ckpt"), `fix`
     says what to do when its contents are not a checkpoint. An I/O error gets its own message (the
     file may be fine: nothing is said about deleting it); MemoryError and bugs keep their traceback.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except (pickle.UnpicklingError, KeyError) as error:
+        # KeyError: torch's legacy reader, on bytes that are neither a zip nor a pickle.
         named = REFUSED_GLOBAL.search(str(error)) if REFUSED in str(error) else None
         if named:
             raise PipelineError(
@@ -46,8 +47,6 @@ def load_tensors(path: str | Path, what: str, fix: str) -> Any:
             f"cannot read {what} ({error.strerror or error}): check the disk and its permissions "
             "and run again; the file was left as it is"
         ) from None
-    except KeyError:  # torch's legacy reader, on bytes that are neither a zip nor a pickle
-        raise PipelineError(f"{what} is not a PyTorch file: {fix}") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
         # torch's zip reader raises RuntimeError on a truncated or foreign archive.
         raise PipelineError(
