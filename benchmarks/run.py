@@ -561,6 +561,18 @@ def p2c(root: Path, tmp: Path, log: Path) -> dict:
     return loader_rates(root, tmp, "p2c", count=3_000, size=224)
 
 
+def run_probe(root: Path, flag: str, cfg, cfg_file: Path, log: Path) -> dict:
+    """This script as `--root ROOT FLAG CFG_FILE` in a fresh process (its memory its own): the
+    JSON of its last line. `cfg` goes to CFG_FILE; what the probe prints otherwise, to `log`."""
+    cfg_file.write_text(json.dumps(dataclasses.asdict(cfg)))
+    with log.open("a") as err:
+        result = subprocess.run(
+            [sys.executable, __file__, "--root", str(root), flag, str(cfg_file)],
+            stdout=subprocess.PIPE, stderr=err, text=True, check=True,
+        )  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def streamed_runtime(root: Path, tmp: Path) -> dict:
     """Streaming with `loader_workers: auto`; 2 workers in checkouts from before `auto`."""
     try:
@@ -655,14 +667,7 @@ def p2m(root: Path, tmp: Path, log: Path, sizes: tuple[int, ...] = (80_000, 240_
                 if n
             )
             write_chunks(split_path(processed, split), chunks, (3, 64, 64), list("0123456789"))
-        cfg_file = tmp / f"p2m-{count}.json"
-        cfg_file.write_text(json.dumps(dataclasses.asdict(cfg)))
-        with log.open("a") as err:
-            result = subprocess.run(
-                [sys.executable, __file__, "--root", str(root), "--streamprobe", str(cfg_file)],
-                stdout=subprocess.PIPE, stderr=err, text=True, check=True,
-            )  # fmt: skip
-        out[str(count)] = json.loads(result.stdout.strip().splitlines()[-1])
+        out[str(count)] = run_probe(root, "--streamprobe", cfg, tmp / f"p2m-{count}.json", log)
         out[str(count)]["split_mb"] = count * 3 * 64 * 64 / 2**20
         shutil.rmtree(processed)
     return out
@@ -750,14 +755,7 @@ def p3m(root: Path, tmp: Path, log: Path, count: int = 4000) -> dict:
             cfg = dataclasses.replace(
                 cfg, runtime=dataclasses.replace(cfg.runtime, preprocess_workers=2)
             )
-        cfg_file = tmp / f"p3m-{size}.json"
-        cfg_file.write_text(json.dumps(dataclasses.asdict(cfg)))
-        with log.open("a") as err:
-            result = subprocess.run(
-                [sys.executable, __file__, "--root", str(root), "--rssprobe", str(cfg_file)],
-                stdout=subprocess.PIPE, stderr=err, text=True, check=True,
-            )  # fmt: skip
-        out[str(size)] = json.loads(result.stdout.strip().splitlines()[-1])
+        out[str(size)] = run_probe(root, "--rssprobe", cfg, tmp / f"p3m-{size}.json", log)
         shutil.rmtree(raw)
     return out
 
