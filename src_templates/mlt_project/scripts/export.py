@@ -117,8 +117,7 @@ def export_release(
 
 def release_info(cfg: Config, version: str) -> dict[str, Any]:
     """model_info.json, checked to describe `version` and the checkpoint and metrics as they are."""
-    hint = "run `dvc repro release/dvc.yaml` (or `python -m mlt_project.scripts.release`)"
-    info = read_json(info_path(cfg), hint)
+    info = read_json(info_path(cfg), EXPORT_HINT)
     stale = None
     if info.get("version") != version:
         stale = f"is for version {info.get('version')}, not {version}"
@@ -127,7 +126,7 @@ def release_info(cfg: Config, version: str) -> dict[str, Any]:
     elif info.get("metrics") != read_json(Path(cfg.paths.metrics), "run `dvc repro`"):
         stale = f"records other metrics than {cfg.paths.metrics}"
     if stale:
-        raise PipelineError(f"{info_path(cfg)} {stale}: {hint} to export again")
+        raise PipelineError(f"{info_path(cfg)} {stale}: {EXPORT_HINT} to export again")
     return info
 
 
