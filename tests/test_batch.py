@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import FAKE_AWS, MODULE, NO_AWS, one_error_line, set_params, sh
-from mlt_project.distributed import node_env, require_rendezvous, shell_exports
+from mlt_project.cluster import node_env, require_rendezvous, shell_exports
 from mlt_project.errors import PipelineError
 
 BATCH_VARS = {

@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import Config
 from .errors import PipelineError
-from .model.network import Network, build_network
+from .model.build import Network, build_network
 from .tensor_files import load_tensors
 
 # Bump when a checkpoint's contents change incompatibly; readers refuse a newer format.

@@ -19,7 +19,7 @@ from . import cli
 from .checkpoint import load_network
 from .config import Config
 from .data.store import open_split, read_file_names, read_row_group, split_info, split_path
-from .files import atomic_output
+from .fileio import atomic_output
 from .logs import setup_logger
 
 

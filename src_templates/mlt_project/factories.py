@@ -14,12 +14,12 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from .cluster import require_rendezvous
 from .config import Config
 from .data.datamodule import ImageDataModule
-from .distributed import require_rendezvous
-from .files import atomic_output
+from .fileio import atomic_output
+from .model.build import build_network, check_sections, network_spec
 from .model.classifier import ImageClassifier
-from .model.network import build_network, check_sections, network_spec
 
 # Warnings of Lightning's that a user of this project cannot act on, silenced while training
 # only (not process-wide): batches come from in-memory tensors, where worker processes would

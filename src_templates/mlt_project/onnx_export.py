@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from .errors import PipelineError
-from .files import disk_full, sha256_file
+from .fileio import disk_full, sha256_file
 from .onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session, run_onnx
 
 # protobuf cannot serialise a message over 2 GiB; the margin leaves room for the graph itself.

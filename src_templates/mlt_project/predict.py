@@ -6,8 +6,8 @@
 
 It needs only the release: model.onnx (with any model.*.onnx.data beside it) and model_info.json.
 params.yaml only names the default model, paths.release/model.onnx. No PyTorch, no Lightning.
-Images go through preprocess's own `load_image` with the data params the model was exported with,
-so inference sees exactly what training saw. Inputs are decoded and run --batch-size at a time
+Images are decoded by `load_image` (data/images.py), as preprocess decodes them, with the data
+params the model was exported with, so inference sees exactly what training saw. Inputs are decoded and run --batch-size at a time
 and each row is written as it comes, so memory does not grow with the number of images. The CSV
 has one row per image: the input, the predicted class, its probability, and every class's.
 An unreadable image stops the run; with --skip-corrupt it gets no row and is counted in a warning.
@@ -26,11 +26,11 @@ import numpy as np
 
 from . import cli
 from .config import PARAMS_FILE, DataConfig, load_config
+from .data.images import load_image
 from .data.labels import IMAGE_SUFFIXES
-from .data.preprocess import load_image
 from .data.store import open_split, read_row_group, split_info
 from .errors import PipelineError
-from .files import atomic_output, read_json
+from .fileio import atomic_output, read_json
 from .onnx_runtime import INFO_FILE, MODEL_FILE, onnx_session, run_onnx
 
 BATCH_SIZE = 256

@@ -30,7 +30,7 @@ from .checkpoint import CHECKPOINT_FORMAT, FORMAT_KEY, read_checkpoint
 from .config import Config
 from .data.store import SPLITS, split_path
 from .errors import Interrupted, PipelineError
-from .files import atomic_output, sha256_file
+from .fileio import atomic_output, sha256_file
 
 # The code that decides what training computes, relative to the package: the train stage in
 # dvc.yaml lists the same files (a test keeps the two in step), so DVC retrains exactly when a

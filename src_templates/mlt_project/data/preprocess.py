@@ -20,18 +20,16 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .. import cli
 from ..config import Config, DataConfig
 from ..errors import PipelineError
+from .images import load_image
 from .labels import find_images
 from .report import data_report, write_report
 from .splits import read_facts, split_indices
 from .store import rows_per_group, split_path, write_chunks
-
-ORIENTATION = 0x0112  # the EXIF tag
 
 # Images per worker task: few, larger messages through the pipe; fewer for large images, so a
 # task's decoded pixels stay under BLOCK_BYTES, and blocks enough to keep every worker busy.
@@ -40,35 +38,6 @@ IN_FLIGHT = 2  # blocks submitted ahead per worker
 IMAGES_PER_WORKER = 1000
 
 log = logging.getLogger(__name__)
-
-
-def load_image(path: Path, data: DataConfig) -> np.ndarray:
-    """Decode one image into (C, H, W) uint8, converted to data.channels and resized to data.image_size."""
-    height, width = data.image_size
-    try:
-        with Image.open(path) as image:
-            if image.getexif().get(ORIENTATION, 1) != 1:  # a phone photo, stored sideways
-                image = ImageOps.exif_transpose(image)
-            image = _to_8bit(image).convert("L" if data.channels == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # The caller says how to skip it: preprocess and predict have different switches.
-        raise PipelineError(
-            f"cannot read image {path}: {error}; replace or remove the file"
-        ) from None
-    return pixels[None] if data.channels == 1 else pixels.transpose(2, 0, 1)
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    # Pillow's convert("L") clips 16- and 32-bit pixels at 255 instead of scaling them.
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        pixels = np.asarray(image, dtype=np.int64) >> 8
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    if image.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
-    return image
 
 
 def decode_block(files: list[Path], data: DataConfig) -> tuple[np.ndarray, list[Path]]:

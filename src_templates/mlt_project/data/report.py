@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_output
+from ..fileio import atomic_output
 from .labels import Images
 from .splits import Assignment, FileFacts
 from .store import SPLITS

@@ -15,7 +15,7 @@ from PIL import Image
 from .. import cli
 from ..config import load_config
 from ..errors import PipelineError
-from ..files import atomic_output
+from ..fileio import atomic_output
 
 
 def write_digits(out_dir: Path, force: bool = False) -> int:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import PipelineError
-from ..files import atomic_output
+from ..fileio import atomic_output
 
 SPLITS = ("train", "val", "test")
 # 2: pixels as fixed_size_binary (1: a fixed-size list of uint8, which decoded through per-value

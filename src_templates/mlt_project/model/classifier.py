@@ -1,6 +1,6 @@
 """The LightningModule: loss, metrics, optimizer, schedule and augmentation around a network.
 
-The network itself is built by model/network.py and passed in; the hyperparameters keep its spec,
+The network itself is built by model/build.py and passed in; the hyperparameters keep its spec,
 so `checkpoint.load_network` rebuilds whichever network a checkpoint was trained with.
 """
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from .augment import BatchAugment
-from .network import Network, NetworkSpec
+from .build import Network, NetworkSpec
 
 
 class ImageClassifier(L.LightningModule):

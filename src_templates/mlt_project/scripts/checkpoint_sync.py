@@ -16,7 +16,7 @@ import logging
 
 from .. import cli
 from ..config import RESUME_FILE, Config, load_config
-from ..files import atomic_output, sha256_file
+from ..fileio import atomic_output, sha256_file
 from .aws import CHECKPOINT_S3_URI, aws_errors, client, object_exists, put_file, s3_location
 
 log = logging.getLogger(__name__)

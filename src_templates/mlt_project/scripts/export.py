@@ -25,7 +25,7 @@ from ..checkpoint import load_network
 from ..config import PARAMS_FILE, Config, load_config, read_params
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
-from ..files import atomic_output, read_json, sha256_file
+from ..fileio import atomic_output, read_json, sha256_file
 from ..onnx_export import MAX_INLINE_BYTES, check_parity, onnx_files, parity_summary, staged_export
 from ..onnx_runtime import INFO_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME
 from .version import resolve_version

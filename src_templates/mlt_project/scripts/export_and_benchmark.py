@@ -26,7 +26,7 @@ from ..checkpoint import load_network
 from ..config import Config, load_config
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
-from ..files import atomic_output
+from ..fileio import atomic_output
 from ..onnx_export import check_parity, export_onnx, parity_summary, run_torch
 from ..onnx_runtime import MODEL_FILE, onnx_session, run_onnx
 

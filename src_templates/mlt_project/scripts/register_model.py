@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import cli
 from ..config import load_config
 from ..errors import PipelineError
-from ..files import read_json
+from ..fileio import read_json
 from .dvcrepo import require_fresh_pipeline
 from .gitrepo import create_annotated_tag, git, head_commit, require_clean_tree
 

@@ -16,7 +16,7 @@ from ..checkpoint import load_network
 from ..config import PARAMS_FILE, Config
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
-from ..files import sha256_file
+from ..fileio import sha256_file
 from ..onnx_export import check_parity, onnx_files
 from ..onnx_runtime import INFO_FILE, MODEL_FILE
 from .aws import (

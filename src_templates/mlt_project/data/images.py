@@ -1,0 +1,46 @@
+"""Decoding one image file the way training sees it: preprocess and predict both call load_image.
+
+EXIF orientation applied, 16- and 32-bit pixels scaled to 8 bits, converted to data.channels and
+resized to data.image_size (bilinear). No torch: predict runs without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..config import DataConfig
+from ..errors import PipelineError
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def load_image(path: Path, data: DataConfig) -> np.ndarray:
+    """Decode one image into (C, H, W) uint8, converted to data.channels and resized to data.image_size."""
+    height, width = data.image_size
+    try:
+        with Image.open(path) as image:
+            if image.getexif().get(ORIENTATION, 1) != 1:  # a phone photo, stored sideways
+                image = ImageOps.exif_transpose(image)
+            image = _to_8bit(image).convert("L" if data.channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # The caller says how to skip it: preprocess and predict have different switches.
+        raise PipelineError(
+            f"cannot read image {path}: {error}; replace or remove the file"
+        ) from None
+    return pixels[None] if data.channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    # Pillow's convert("L") clips 16- and 32-bit pixels at 255 instead of scaling them.
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.int64) >> 8
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    return image
