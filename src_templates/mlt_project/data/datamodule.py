@@ -90,8 +90,6 @@ class ImageDataModule(L.LightningDataModule):
         self.streaming = streaming
         self.seed = seed
         self.datasets: dict[str, TensorBatches | ParquetBatches] = {}
-        self.class_names: list[str] = []
-        self.input_shape: tuple[int, ...] = ()
 
     def setup(self, stage: str) -> None:
         needed = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",))
@@ -119,12 +117,8 @@ class ImageDataModule(L.LightningDataModule):
         path = split_path(self.processed_dir, split)
         if self.streaming:
             batch_size = self.batch_size if split == "train" else self.eval_batch_size
-            dataset = ParquetBatches(path, batch_size, shuffle=split == "train", seed=self.seed)
-            self.class_names, self.input_shape = dataset.class_names, tuple(dataset.shape)
-            return dataset
-        images, labels, class_names = read_split(path)
-        self.class_names = class_names
-        self.input_shape = tuple(images.shape[1:])
+            return ParquetBatches(path, batch_size, shuffle=split == "train", seed=self.seed)
+        images, labels, _ = read_split(path)
         return TensorBatches(torch.from_numpy(images), torch.from_numpy(labels))
 
     def loader_workers(self, streamed: bool) -> int:
@@ -170,6 +164,3 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()

@@ -57,7 +57,7 @@ class ParquetBatches(IterableDataset):
         self._skip = torch.zeros((), dtype=torch.int64).share_memory_()
         self._placement = (0, 1)  # (rank, world size), set in the main process for the workers
         parquet = open_split(path)
-        self.shape, self.class_names = split_info(parquet, path)
+        self.shape, _ = split_info(parquet, path)
         self.num_rows = parquet.metadata.num_rows
         self.group_rows = np.array(
             [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]

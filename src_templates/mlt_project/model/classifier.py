@@ -77,11 +77,6 @@ class ImageClassifier(L.LightningModule):
         self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
-    def predict_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        return self(batch[0]).float()
-
     def configure_optimizers(self) -> Any:
         settings = self.hparams.optimizer
         optimizer = make_optimizer(self.net.parameters(), settings)
