@@ -67,6 +67,7 @@ EXPECTED_TREE = (
     "src/{module}/factories.py",
     "src/{module}/files.py",
     "src/{module}/logs.py",
+    "src/{module}/lr_find.py",
     "src/{module}/model/__init__.py",
     "src/{module}/model/augment.py",
     "src/{module}/model/classifier.py",
