@@ -361,8 +361,8 @@ def missing_keys(root: Path, sections: dict) -> list[str]:
 
 
 def p7_cfg(root: Path, tmp: Path, overrides: dict | None = None, size: int = 32, train=2048):
-    """ResNet-18 on 2,048 synthetic 3x32x32 images, batch 128; `overrides` ({section: {key:
-    value}}) on top: the one place a P7 variant differs."""
+    """ResNet-18 on `train` synthetic 3 x `size` x `size` images, batch 128; `overrides`
+    ({section: {key: value}}) on top: the one place a P7 variant differs."""
     sections = {
         "data": {"image_size": [size, size], "channels": 3},
         "model": {"name": "resnet18"},
@@ -544,7 +544,8 @@ def abba(sides: dict[str, Callable[[], list[float]]], rounds: int, label: str) -
             f"{label} round {number + 1}/{rounds} ({order[0][0]} first): {a} "
             f"{seconds[a][-1]:.3f} s/epoch, {b} {seconds[b][-1]:.3f} s/epoch, "
             f"ratio {ratios[-1]:.3f}",
-            file=sys.stderr,
+            file=sys.__stderr__,  # the console, even inside quiet()
+            flush=True,
         )
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {
