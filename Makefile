@@ -1,11 +1,13 @@
 # Two commands for a fresh machine:
 #   make demo   bake a throwaway project, install it, run its pipeline on the sample digits
 #   make test   run this repository's tests
-#   make bench  measure the generated project against bare baselines (BENCHMARKS.md)
+#   make bench  measure the generated project against bare baselines (BENCHMARKS.md);
+#               BENCH_ARGS="--only P7" picks benchmarks
 PYTHON ?= python3
 VENV := .venv
 POETRY_VENV := .venv-poetry
 TORCH := torch==2.14.1 torchvision==0.29.1
+BENCH_ARGS ?=
 
 .PHONY: demo test bench lint clean
 
@@ -28,7 +30,7 @@ test: $(VENV)/.installed $(POETRY_VENV)/.installed
 		$(VENV)/bin/python -m pytest
 
 bench: $(VENV)/.installed
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python benchmarks/run.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python benchmarks/run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,6 +1,7 @@
 """Benchmark the generated project against its bare baselines, side by side in one run.
 
     python benchmarks/run.py [--only P1,P4] [--root DIR] [--out bench-results/latest.json]
+                             [--rounds 6]
 
 P1  Lightning epoch (train + validation) / a bare PyTorch loop: same model, tensors, batch size
     and optimizer; median of steady-state epochs after warm-up; logging and progress bar on.
@@ -13,7 +14,12 @@ P3  preprocess (PNG class folders -> Parquet) with 2 workers / with 1; images pe
 P3m peak RSS of preprocess (main process + workers) on 4,000 RGB images at 64, 128, 224 px.
 P4  PyTorch eager p50 latency / ONNX Runtime p50 latency at batch 1, default model, CPU.
 P5  a no-op `dvc repro` in a baked project.   P6  the whole default pipeline on the sample data.
-P7  ResNet-18 on 3x32x32 synthetic images: Lightning epoch / bare loop, both accumulating train accuracy.
+P7  ResNet-18 on 3x32x32 synthetic images: Lightning epoch as train() runs it (its callbacks and
+    the resume checkpoint) / a bare loop doing the same work; ABBA rounds, median and spread.
+P7r the same Lightning epoch with issue 21's recipe (EMA, mixup, accumulation) / without;
+    skipped while params.yaml lacks those keys.
+P7g ResNet-50 3x224x224 bf16 on a GPU, contiguous and channels-last: Lightning / bare, images/s;
+    skipped without CUDA.
 P8  `import lightning` (and torch) without .pyc / after the Dockerfile's compileall, alternating.
 
 `--root` measures another checkout of this repository (e.g. a copy taken before a change):
@@ -25,9 +31,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import logging
+import math
 import os
 import platform
 import pty
@@ -62,6 +70,9 @@ TARGETS = {  # id -> (comparison, bound); ratios are "ours / baseline" unless na
     "P5 no-op repro (s)": ("<=", 3.0),
     "P6 pipeline (s)": ("<=", 12.0),
     "P7 resnet18": ("<=", 1.05),
+    "P7r recipe/plain": ("<=", 1.10),
+    "P7g resnet50 bf16 GPU": ("<=", 1.05),  # channels-last, Lightning / bare
+    "P7g channels-last speed-up": (">=", 1.0),  # no target in issue 21: above 1 = it helps
     "P8 import lightning no-pyc/pyc": (">=", 1.5),
 }
 
@@ -324,23 +335,310 @@ def p1(root: Path, tmp: Path, log: Path) -> dict:
 
 # ---------------------------------------------------------------- P7: a compute-bound network
 
+P7_ROUNDS = 6  # ABBA: each side goes first in half of the rounds
+P7_EPOCHS = {"warmup": 1, "measured": 3}
+# The fine-tuning recipe of issue 21 (EMA weights, mixup, gradient accumulation): P7r measures
+# the project's epoch with it on / without. The keys are the issue's; until params.yaml has them
+# P7r is skipped, saying which are missing.
+P7_RECIPE = {
+    "training": {"ema_decay": 0.99, "accumulate_grad_batches": 2},
+    "augment": {"mixup_alpha": 0.2},
+}
 
-def p7(root: Path, tmp: Path, log: Path) -> dict:
-    """ResNet-18 on synthetic 3x32x32 images: the project's Lightning epoch / a bare loop doing
-    the same work (same data, batch, optimizer; both accumulate the training accuracy)."""
-    cfg = base_config(
-        root,
-        tmp / "p7",
-        data={"image_size": [32, 32], "channels": 3},
-        model={"name": "resnet18"},
-        training={"accelerator": "cpu", "devices": 1, "batch_size": 128},
-    )
-    write_synthetic(
-        Path(cfg.paths.processed), {"train": 2048, "val": 256, "test": 256}, 32, channels=3
-    )
-    return {
-        "resnet18-3x32x32": p1_case(cfg, warmup=1, measured=2, rounds=2, log=log, train_acc=True)
+
+def missing_keys(root: Path, sections: dict) -> list[str]:
+    """The `section.key`s of `sections` that the checkout's params.yaml does not have
+    (base_config would drop them silently)."""
+    from mlt_project.config import load_config
+
+    cfg = load_config(root / "template_configs" / "project" / "params.yaml")
+    return [
+        f"{name}.{key}"
+        for name, values in sections.items()
+        for key in values
+        if key not in {f.name for f in dataclasses.fields(getattr(cfg, name))}
+    ]
+
+
+def p7_cfg(root: Path, tmp: Path, overrides: dict | None = None, size: int = 32, train=2048):
+    """ResNet-18 on `train` synthetic 3 x `size` x `size` images, batch 128; `overrides`
+    ({section: {key: value}}) on top: the one place a P7 variant differs."""
+    sections = {
+        "data": {"image_size": [size, size], "channels": 3},
+        "model": {"name": "resnet18"},
+        "training": {"accelerator": "cpu", "devices": 1, "batch_size": 128},
     }
+    for name, values in (overrides or {}).items():
+        sections[name] = {**sections.get(name, {}), **values}
+    cfg = base_config(root, tmp, **sections)
+    processed = Path(cfg.paths.processed)
+    if not processed.exists():
+        splits = {"train": train, "val": train // 8, "test": train // 8}
+        write_synthetic(processed, splits, size, channels=3)
+    return cfg
+
+
+def train_like_epochs(cfg, epochs: int, channels_last: bool = False) -> list[float]:
+    """Seconds per epoch of the Trainer train() runs: create_trainer's callbacks (TensorBoard,
+    learning-rate monitor, training curves, progress bar) plus the resume checkpoint.
+    `channels_last`: the network's weights in that memory format (cuDNN then keeps it)."""
+    import signal
+
+    import lightning as L
+
+    module = factories()
+    starts: list[float] = []
+
+    class EpochStarts(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            starts.append(time.perf_counter())
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            starts.append(time.perf_counter())
+
+    L.seed_everything(0)
+    trainer = module.create_trainer(cfg, max_epochs=epochs)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        from mlt_project.resume import ResumeCheckpoint, run_fingerprint
+
+        every = cfg.runtime.checkpoint_every_n_steps
+        resume = ResumeCheckpoint(cfg.paths.resume_checkpoint, run_fingerprint(cfg), every)
+        trainer.callbacks.append(resume)
+    except ImportError:  # a checkout from before resumable training
+        pass
+    trainer.callbacks.append(EpochStarts())
+    try:
+        model = module.create_model(cfg)
+        if channels_last:
+            import torch
+
+            model.net.to(memory_format=torch.channels_last)
+        with getattr(module, "quiet_warnings", contextlib.nullcontext)():
+            trainer.fit(model, datamodule=module.create_datamodule(cfg))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return [b - a for a, b in itertools.pairwise(starts)]
+
+
+def bare_train_epochs(cfg, epochs: int, channels_last: bool = False) -> list[float]:
+    """Seconds per epoch of a hand-written loop doing what train()'s Trainer does: the same
+    network, batch and optimizer (its weight decay included); a progress bar, the loss and
+    learning rate to TensorBoard every LOG_EVERY_N_STEPS steps, the loss checked for NaN there,
+    the epoch's mean loss and validation loss and accuracy (to TensorBoard and the curves CSV),
+    training accuracy accumulated, and the resume checkpoint (weights, optimizer, random state)
+    every runtime.checkpoint_every_n_steps steps. On a GPU: pinned batches copied non-blocking,
+    bf16 autocast for bf16-mixed, as Lightning's precision plugin does."""
+    import csv
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.tensorboard import SummaryWriter
+    from torchmetrics.classification import MulticlassAccuracy
+    from tqdm import tqdm
+
+    module = factories()
+    every = getattr(module, "LOG_EVERY_N_STEPS", 10)
+    torch.manual_seed(0)
+    datamodule = module.create_datamodule(cfg)
+    datamodule.setup("fit")
+    train, val = datamodule.datasets["train"], datamodule.datasets["val"]
+    device = torch.device("cuda" if cfg.training.accelerator in ("gpu", "cuda") else "cpu")
+    bf16 = cfg.training.precision == "bf16-mixed"
+    images_of, labels_of = train.images, train.labels
+    if device.type == "cuda":
+        images_of, labels_of = images_of.pin_memory(), labels_of.pin_memory()
+    model = module.create_model(cfg).to(device)
+    net = model.net
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    settings = model.hparams.optimizer
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"]
+    )
+    assert settings["name"] == "adamw" and settings["scheduler"] == "none", settings
+    train_acc = MulticlassAccuracy(cfg.data.num_classes, validate_args=False).to(device)
+    val_acc = MulticlassAccuracy(cfg.data.num_classes).to(device)
+    writer = SummaryWriter(str(Path(cfg.paths.logs) / "bare"))
+    checkpoint = Path(cfg.paths.checkpoints) / "bare.ckpt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    batch = cfg.training.batch_size
+    rows, times, step = [], [], 0
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        net.train()
+        loss_sum, batches = torch.zeros((), device=device), 0
+        order = torch.randperm(len(labels_of)).split(batch)
+        bar = tqdm(total=len(order), desc=f"Epoch {epoch}", mininterval=0)
+        for i, index in enumerate(order):
+            images = images_of[index].to(device, non_blocking=True)
+            labels = labels_of[index].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net(model.augment(images))
+                loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            train_acc.update(logits, labels)
+            loss_sum += loss.detach().float()
+            batches += 1
+            if step % every == 0 or i == len(order) - 1:
+                value = float(loss)
+                if not math.isfinite(value):
+                    raise RuntimeError(f"loss {value} at step {step}")
+                writer.add_scalar("train/loss", value, step)
+                writer.add_scalar("lr-AdamW", optimizer.param_groups[0]["lr"], step)
+                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+                bar.update(i + 1 - bar.n)
+            if step % cfg.runtime.checkpoint_every_n_steps == 0:
+                state = {"net": net.state_dict(), "optimizer": optimizer.state_dict()}
+                state["rng"] = torch.get_rng_state()
+                tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
+                torch.save(state, tmp)
+                os.replace(tmp, checkpoint)
+        bar.close()
+        writer.add_scalar("train/acc", float(train_acc.compute()), step)
+        train_acc.reset()
+        net.eval()
+        val_loss = torch.zeros((), device=device)
+        with torch.inference_mode():
+            for begin in tqdm(range(0, len(val.labels), cfg.evaluation.batch_size), leave=False):
+                end = begin + cfg.evaluation.batch_size
+                images = val.images[begin:end].to(device, non_blocking=True)
+                labels = val.labels[begin:end].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = net(images)
+                val_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+                val_acc.update(logits, labels)
+        row = {"epoch": epoch, "train_loss": float(loss_sum) / batches}
+        row |= {"val_loss": float(val_loss) / len(val.labels), "val_acc": float(val_acc.compute())}
+        val_acc.reset()
+        writer.add_scalar("val/loss", row["val_loss"], step)
+        writer.add_scalar("val/acc", row["val_acc"], step)
+        rows.append(row)
+        times.append(time.perf_counter() - start)
+    writer.close()
+    with (Path(cfg.paths.logs) / "bare_curves.csv").open("w", newline="") as f:
+        table = csv.DictWriter(f, fieldnames=list(rows[0]))
+        table.writeheader()
+        table.writerows(rows)
+    checkpoint.unlink(missing_ok=True)
+    return times
+
+
+def abba(sides: dict[str, Callable[[], list[float]]], rounds: int, label: str) -> dict:
+    """Run two sides (each: seconds per epoch of one fresh run) in ABBA order for `rounds`
+    rounds; per round the median of the measured epochs, and first side / second side."""
+    (a, run_a), (b, run_b) = sides.items()
+    warmup = P7_EPOCHS["warmup"]
+    seconds: dict[str, list[float]] = {a: [], b: []}
+    ratios = []
+    for number in range(rounds):
+        order = [(a, run_a), (b, run_b)] if number % 2 == 0 else [(b, run_b), (a, run_a)]
+        for name, side in order:
+            with terminal():  # progress bars drawn for real, as in a shell, on both sides
+                seconds[name].append(statistics.median(side()[warmup:]))
+        ratios.append(seconds[a][-1] / seconds[b][-1])
+        print(
+            f"{label} round {number + 1}/{rounds} ({order[0][0]} first): {a} "
+            f"{seconds[a][-1]:.3f} s/epoch, {b} {seconds[b][-1]:.3f} s/epoch, "
+            f"ratio {ratios[-1]:.3f}",
+            file=sys.__stderr__,  # the console, even inside quiet()
+            flush=True,
+        )
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {
+        "ratio": statistics.median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+        "ratio_iqr": [quartiles[0], quartiles[2]],
+        "round_ratios": ratios,
+        "epoch_s": {name: statistics.median(values) for name, values in seconds.items()},
+        "round_epoch_s": seconds,
+        "sides": [a, b],
+        "epochs": {**P7_EPOCHS, "rounds": rounds, "order": "ABBA"},
+    }
+
+
+def p7(root: Path, tmp: Path, log: Path, rounds: int = P7_ROUNDS) -> dict:
+    """ResNet-18 on synthetic 3x32x32 images: the project's Lightning epoch as train() runs it /
+    a bare loop doing the same work (bare_train_epochs), in ABBA rounds."""
+    cfg = p7_cfg(root, tmp / "p7")
+    with quiet(log):
+        result = abba(
+            {
+                "lightning": lambda: train_like_epochs(cfg, sum(P7_EPOCHS.values())),
+                "bare": lambda: bare_train_epochs(cfg, sum(P7_EPOCHS.values())),
+            },
+            rounds,
+            "P7",
+        )
+    return {"resnet18-3x32x32": result}
+
+
+def p7r(root: Path, tmp: Path, log: Path, rounds: int = P7_ROUNDS) -> dict:
+    """P7's Lightning epoch with the recipe on (P7_RECIPE) / without, in ABBA rounds."""
+    missing = missing_keys(root, P7_RECIPE)
+    if missing:
+        message = f"skipped: params.yaml has no {', '.join(missing)} yet (issue 21's recipe keys)"
+        print(f"P7r {message}", file=sys.stderr)
+        return {"skipped": message}
+    plain, recipe = p7_cfg(root, tmp / "p7"), p7_cfg(root, tmp / "p7r", P7_RECIPE)
+    epochs = sum(P7_EPOCHS.values())
+    with quiet(log):
+        result = abba(
+            {
+                "recipe": lambda: train_like_epochs(recipe, epochs),
+                "plain": lambda: train_like_epochs(plain, epochs),
+            },
+            rounds,
+            "P7r",
+        )
+    return {"resnet18-3x32x32": result | {"recipe": P7_RECIPE}}
+
+
+# The GPU variant: the issue-21 figure a lent GPU machine gives (benchmarks/gpu.py's `resnet` is
+# ResNet-18 at 32 px). 4,096 images a side-run: a few seconds an epoch on an H200.
+P7G = {
+    "overrides": {
+        "model": {"name": "resnet50"},
+        "training": {"accelerator": "gpu", "precision": "bf16-mixed", "batch_size": 128},
+    },
+    "size": 224,
+    "train": 4096,
+}
+
+
+def p7g(root: Path, tmp: Path, log: Path, rounds: int = P7_ROUNDS) -> dict:
+    """ResNet-50, 3x224x224, bf16-mixed on a GPU: Lightning / bare loop, contiguous and
+    channels-last, ABBA rounds each; images/s. Skipped (with a message) without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        message = "skipped: no CUDA device here (runs on a machine with a GPU)"
+        print(f"P7g {message}", file=sys.stderr)
+        return {"skipped": message}
+    cfg = p7_cfg(root, tmp / "p7g", P7G["overrides"], size=P7G["size"], train=P7G["train"])
+    epochs = sum(P7_EPOCHS.values())
+    results = {}
+    with quiet(log):
+        for layout, last in (("contiguous", False), ("channels_last", True)):
+            result = abba(
+                {
+                    "lightning": lambda last=last: train_like_epochs(cfg, epochs, last),
+                    "bare": lambda last=last: bare_train_epochs(cfg, epochs, last),
+                },
+                rounds,
+                f"P7g {layout}",
+            )
+            result["images_per_s"] = {k: P7G["train"] / v for k, v in result["epoch_s"].items()}
+            results[layout] = result
+    results["channels_last_speedup"] = (
+        results["contiguous"]["epoch_s"]["lightning"]
+        / results["channels_last"]["epoch_s"]["lightning"]
+    )
+    results["device"] = torch.cuda.get_device_name()
+    return results
 
 
 # ---------------------------------------------------------------- P8: bytecode at image build
@@ -944,12 +1242,36 @@ def rows(results: dict) -> list[tuple[str, float | None, str]]:
                 f"{r['overhead_ms_per_step']:+.3f} ms/step"
             )
             out.append((f"P1 {case}", r["ratio"], detail))
-    for case, r in results.get("P7", {}).items():
-        detail = (
-            f"{case}: {r['lightning_epoch_s']:.2f} vs {r['bare_epoch_s']:.2f} s/epoch, "
-            f"{r['overhead_ms_per_step']:+.1f} ms/step"
-        )
-        out.append(("P7 resnet18", r["ratio"], detail))
+    for key, target in (("P7", "P7 resnet18"), ("P7r", "P7r recipe/plain")):
+        for case, r in results.get(key, {}).items():
+            if case == "skipped":
+                out.append((target, None, r))
+                continue
+            (a, b), seconds = r["sides"], r["epoch_s"]
+            low, high = r["ratio_range"]
+            q1, q3 = r["ratio_iqr"]
+            detail = (
+                f"{case}: {a} {seconds[a]:.2f} vs {b} {seconds[b]:.2f} s/epoch; "
+                f"{r['epochs']['rounds']} ABBA rounds, ratio {low:.3f}-{high:.3f} "
+                f"(IQR {q1:.3f}-{q3:.3f})"
+            )
+            out.append((target, r["ratio"], detail))
+    if "P7g" in results:
+        r = results["P7g"]
+        if "skipped" in r:
+            out.append(("P7g resnet50 bf16 GPU", None, r["skipped"]))
+        else:
+            parts = []
+            for layout in ("channels_last", "contiguous"):
+                x, rates = r[layout], r[layout]["images_per_s"]
+                low, high = x["ratio_range"]
+                parts.append(
+                    f"{layout}: ratio {x['ratio']:.3f} ({low:.3f}-{high:.3f}), "
+                    f"{rates['lightning']:,.0f} vs {rates['bare']:,.0f} img/s"
+                )
+            detail = f"{r['device']}; " + "; ".join(parts)
+            out.append(("P7g resnet50 bf16 GPU", r["channels_last"]["ratio"], detail))
+            out.append(("P7g channels-last speed-up", r["channels_last_speedup"], "Lightning"))
     if "P8" in results:
         r = results["P8"]
         detail = "; ".join(
@@ -1042,15 +1364,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=HERE.parent, help="checkout to measure")
     parser.add_argument(
         "--only",
-        default="P1,P2,P2b,P2c,P2m,P3,P3m,P4,P5,P7,P8",
+        default="P1,P2,P2b,P2c,P2m,P3,P3m,P4,P5,P7,P7r,P7g,P8",
         help="comma-separated (P5 runs P6)",
     )
     parser.add_argument("--out", type=Path, default=HERE.parent / "bench-results" / "latest.json")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=P7_ROUNDS,
+        help=f"P7 and P7r ABBA rounds (default {P7_ROUNDS})",
+    )
     parser.add_argument("--memprobe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rssprobe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--streamprobe", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1 (ABBA wants an even count, 6 by default)")
     sys.path.insert(0, str(args.root.resolve() / "src_templates"))
     for name in ("lightning.pytorch", "lightning.fabric"):  # "GPU available: ..." per run
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -1077,7 +1407,9 @@ def main(argv: list[str] | None = None) -> int:
         "P3m": p3m,
         "P4": p4,
         "P5": p5_p6,
-        "P7": p7,
+        "P7": functools.partial(p7, rounds=args.rounds),
+        "P7r": functools.partial(p7r, rounds=args.rounds),
+        "P7g": functools.partial(p7g, rounds=args.rounds),
         "P8": p8,
     }
     names = {name.upper(): name for name in benches}

@@ -166,6 +166,7 @@ CASES = [
     Case("disk full: Parquet", "data.preprocess", disk_full("data/processed/train.parquet"), "no space left on the device while writing data/processed/train.parquet"),
     Case("batch larger than data", "train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
     Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
+    Case("lr finder: range upside down", "lr_find", no_setup, "--min-lr 1 and --max-lr 0.01: need 0 < --min-lr < --max-lr", ("--min-lr", "1", "--max-lr", "0.01")),
     Case("disk full: metrics", "eval", disk_full("evaluation_results.json"), "no space left on the device while writing evaluation_results.json"),
     Case("checkpoint from a newer template", "eval", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 2)"),
     Case("checkpoint of another shape", "eval", edit_checkpoint(other_shape), "does not fit the mlp network as the code builds it now (size mismatch for body.layers.1.weight"),

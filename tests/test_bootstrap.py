@@ -69,6 +69,7 @@ EXPECTED_TREE = (
     "src/{module}/factories.py",
     "src/{module}/fileio.py",
     "src/{module}/logs.py",
+    "src/{module}/lr_find.py",
     "src/{module}/model/__init__.py",
     "src/{module}/model/augment.py",
     "src/{module}/model/classifier.py",

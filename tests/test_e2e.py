@@ -110,6 +110,39 @@ def test_a_runtime_knob_reruns_nothing(project_copy, key, value):
     assert json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=project_copy).stdout) == {}
 
 
+def test_lr_find_suggests_a_rate_in_its_range_and_changes_no_file_of_the_project(project_copy):
+    """The learning-rate finder on the sample digits: a rate within --min-lr..--max-lr, the curve
+    as a CSV `dvc plots show` draws; params.yaml, DVC's outputs, the logs and a resume
+    checkpoint as they were, and no scratch checkpoint left behind."""
+    resume = project_copy / "checkpoints" / "last.ckpt"
+    resume.parent.mkdir(exist_ok=True)
+    resume.write_bytes(b"an interrupted run's state")
+    kept = ["params.yaml", "models/model.ckpt", "plots/curves.csv", "checkpoints/last.ckpt"]
+    before = {name: (project_copy / name).read_bytes() for name in kept}
+    logs = sorted(p.relative_to(project_copy) for p in (project_copy / "logs").rglob("*"))
+
+    found = sh(sys.executable, "-m", f"{MODULE}.lr_find", "--min-lr", "1e-5", "--max-lr", "1",
+               cwd=project_copy)  # fmt: skip
+    assert found.returncode == 0, found.stderr[-3000:]
+    (line,) = [line for line in found.stdout.splitlines() if line.startswith("suggested lr: ")]
+    lr = float(line.removeprefix("suggested lr: "))
+    assert 1e-5 <= lr <= 1, line
+    with (project_copy / "plots" / "lr_find.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "lr", "log10_lr", "loss"]
+    rates = [float(row["lr"]) for row in rows]
+    assert 20 <= len(rows) <= 100 and rates == sorted(rates), rates  # rising; early stop allowed
+    assert rates[0] == pytest.approx(1e-5, rel=0.2) and min(rates) <= lr <= max(rates)
+
+    assert {name: (project_copy / name).read_bytes() for name in kept} == before
+    assert sorted(p.relative_to(project_copy) for p in (project_copy / "logs").rglob("*")) == logs
+    assert sorted(project_copy.rglob("*.ckpt")) == [resume, project_copy / "models/model.ckpt"]
+    assert json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=project_copy).stdout) == {}
+    shown = run("dvc", "plots", "show", "plots/lr_find.csv", "-x", "log10_lr", "-y", "loss",
+                "--json", cwd=project_copy)  # fmt: skip
+    assert "plots/lr_find.csv" in shown.stdout
+
+
 def test_replacing_the_weights_file_retrains_and_one_elsewhere_is_refused(project_copy):
     """DVC cannot depend on model.weights_file itself (it may be null): the folder it must be in,
     paths.weights, is a dependency of train, so `dvc status` sees a replaced file."""

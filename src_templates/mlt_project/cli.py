@@ -2,7 +2,7 @@
 
 The commands (each runs as `python -m mlt_project.<module>`):
 
-    data.sample_data   data.preprocess   train   eval   predict   distributed
+    data.sample_data   data.preprocess   train   eval   predict   distributed   lr_find
     scripts.release    scripts.export   scripts.register_model   scripts.export_and_benchmark
     scripts.dvc_remote   scripts.batch   scripts.checkpoint_sync
 
