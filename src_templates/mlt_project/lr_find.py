@@ -23,7 +23,7 @@ from . import cli
 from .config import Config, load_config
 from .errors import PipelineError
 from .factories import create_datamodule, create_model, create_trainer, quiet_warnings
-from .files import atomic_output
+from .fileio import atomic_output
 from .logs import setup_logger
 
 MIN_LR, MAX_LR, STEPS = 1e-6, 1.0, 100
