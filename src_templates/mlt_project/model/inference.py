@@ -30,5 +30,5 @@ def predict_split(
             for start in range(0, len(group_labels), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size].copy())  # writable
                 logits.append(net(batch.to(device)).float().cpu())
-            labels.append(torch.from_numpy(group_labels))
+            labels.append(torch.tensor(group_labels))
     return torch.cat(logits), torch.cat(labels), class_names
