@@ -96,6 +96,7 @@ EXPECTED_TREE = (
     "tests/test_config.py",
     "tests/test_datamodule.py",
     "tests/test_model.py",
+    "tests/test_objective.py",
     "tests/test_preprocess.py",
     "tests/test_release.py",
     "tests/test_train.py",

@@ -119,8 +119,10 @@ def test_repro_trains_a_multilabel_model_that_finds_separable_tags(multilabel):
         "sun" in multilabel.tags[name] for name in test.read(["file_name"]).column(0).to_pylist()
     )
     # dvc plots still renders both plots of the evaluate stage.
-    shown = json.loads(in_project(root, "dvc", "plots", "show", "--json").stdout)
+    shown = json.loads(in_project(root, "dvc", "plots", "show", "--json").stdout)["data"]
     assert {"plots/per_class.csv", "plots/confusion.csv"} <= set(shown)
+    (drawn,) = shown["plots/confusion.csv"]
+    assert len(drawn["content"]["data"]["values"]) == 3 * results["num_samples"]
 
 
 def test_sigkilled_streamed_training_resumes_to_the_same_model_and_thresholds(multilabel, tmp_path):
