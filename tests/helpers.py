@@ -174,3 +174,31 @@ def set_params(project: Path, **changes: object) -> None:
         assert key in node, f"{dotted.replace('__', '.')} is not in {path}"
         node[key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+MULTILABEL_TAGS = ("sun", "tree", "wave")  # each brightens its own quadrant of an 8x8 image
+
+
+def write_multilabel_pngs(raw: Path, images: int = 480, seed: int = 0) -> dict[str, list[str]]:
+    """`images` 8x8 grayscale PNGs in raw/images/, each with 0-3 of MULTILABEL_TAGS (a bright
+    quadrant each: top left, top right, bottom left), listed in raw/metadata.csv with the tags
+    separated by spaces; return {file_name: tags}."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    corners = [(slice(0, 4), slice(0, 4)), (slice(0, 4), slice(4, 8)), (slice(4, 8), slice(0, 4))]
+    (raw / "images").mkdir(parents=True)
+    labels: dict[str, list[str]] = {}
+    for i in range(images):
+        present = rng.random(len(MULTILABEL_TAGS)) < 0.5
+        pixels = rng.integers(0, 70, (8, 8))
+        for (rows, cols), on in zip(corners, present, strict=True):
+            if on:
+                pixels[rows, cols] += 150
+        name = f"images/{i:04d}.png"
+        Image.fromarray(pixels.astype(np.uint8)).save(raw / name)
+        labels[name] = [tag for tag, on in zip(MULTILABEL_TAGS, present, strict=True) if on]
+    lines = ["file_name,label", *(f"{name},{' '.join(tags)}" for name, tags in labels.items())]
+    (raw / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return labels

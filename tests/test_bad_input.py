@@ -125,6 +125,23 @@ def write(relative: str, text: str) -> Callable[[Path], None]:
     return put
 
 
+def multilabel_csv(labels: list[str], task: str = "multiclass") -> Callable[[Path], None]:
+    """A metadata.csv giving the sample digits' first images `labels`, and data.task `task`."""
+
+    def put(project: Path) -> None:
+        raw = project / "data" / "raw"
+        files = sorted(raw.rglob("*.png"))[: len(labels)]
+        rows = [
+            f"{p.relative_to(raw).as_posix()},{label}"
+            for p, label in zip(files, labels, strict=True)
+        ]
+        (raw / "metadata.csv").write_text("\n".join(["file_name,label", *rows]) + "\n")
+        if task != "multiclass":
+            edit_params("  task: multiclass", f"  task: {task}")(project)
+
+    return put
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -163,12 +180,18 @@ CASES = [
     Case("metadata.csv: missing file", "data.preprocess", write("data/raw/metadata.csv", "file_name,label\n3/0003.png,three\n3/gone.png,three\n"), "data/raw/metadata.csv line 3: 3/gone.png not found in data/raw: fix the rows, or set data.skip_corrupt: true"),
     Case("metadata.csv: no label column", "data.preprocess", write("data/raw/metadata.csv", "file_name,class\n3/0003.png,three\n"), "data/raw/metadata.csv has no label column"),
     Case("metadata.csv: duplicates in two splits", "data.preprocess", duplicate_in_two_splits, "are the same image but metadata.csv puts them in test and train"),
+    Case("task unknown", "data.preprocess", edit_params("  task: multiclass", "  task: multi-label"), "task must be one of multiclass, multilabel, not 'multi-label'"),
+    Case("multilabel from class folders", "data.preprocess", edit_params("  task: multiclass", "  task: multilabel"), "data.task: multilabel needs data/raw/metadata.csv (class folders give one label an image)"),
+    Case("several labels under multiclass", "data.preprocess", multilabel_csv(["cat", "dog", "cat dog"]), "label 'cat dog' looks like several labels (cat, dog) but data.task is multiclass: set data.task: multilabel"),
+    Case("multilabel: invalid name", "data.preprocess", multilabel_csv(["cat", "dog", "cat d?g"], "multilabel"), "label 'd?g' is not valid: use up to 64 letters, digits or '_.+-'"),
+    Case("multilabel: processed as multiclass", "train", edit_params("  task: multiclass", "  task: multilabel"), "data/processed/train.parquet holds multiclass labels but data.task is multilabel: rerun `dvc repro preprocess`"),
+    Case("multilabel: checkpoint is multiclass", "eval", edit_params("  task: multiclass", "  task: multilabel"), "was trained with task multiclass but params.yaml gives multilabel: retrain"),
     Case("disk full: Parquet", "data.preprocess", disk_full("data/processed/train.parquet"), "no space left on the device while writing data/processed/train.parquet"),
     Case("batch larger than data", "train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
     Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
     Case("lr finder: range upside down", "lr_find", no_setup, "--min-lr 1 and --max-lr 0.01: need 0 < --min-lr < --max-lr", ("--min-lr", "1", "--max-lr", "0.01")),
     Case("disk full: metrics", "eval", disk_full("evaluation_results.json"), "no space left on the device while writing evaluation_results.json"),
-    Case("checkpoint from a newer template", "eval", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 2)"),
+    Case("checkpoint from a newer template", "eval", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 3)"),
     Case("checkpoint of another shape", "eval", edit_checkpoint(other_shape), "does not fit the mlp network as the code builds it now (size mismatch for body.layers.1.weight"),
     Case("release: bad version", "scripts.release", no_setup, "release version 'v 1' is not usable", ("export-onnx", "--version", "v 1")),
     Case("release: not evaluated", "scripts.release", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`", ("export-onnx",)),

@@ -131,7 +131,7 @@ def test_a_split_in_the_old_list_format_asks_to_rerun_preprocess(tmp_path):
     with pytest.raises(PipelineError) as error:
         split_info(pq.ParquetFile(path), path)
     assert str(error.value) == (
-        f"{path} is in processed-data format 1, this code reads format 3: "
+        f"{path} is in processed-data format 1, this code reads format 4: "
         "rerun `dvc repro -f preprocess`"
     )
     with pytest.raises(PipelineError, match="rerun `dvc repro -f preprocess`"):

@@ -6,6 +6,7 @@ import Lightning (seconds of start-up) to run a network that is plain PyTorch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ from .model.build import Network, build_network
 from .tensor_files import load_tensors
 
 # Bump when a checkpoint's contents change incompatibly; readers refuse a newer format.
-# 2: the network's spec in hyper_parameters["network"].
-CHECKPOINT_FORMAT = 2
+# 2: the network's spec in hyper_parameters["network"]. 3: hyper_parameters["task"] and, for
+# multilabel, the per-class decision thresholds (THRESHOLDS_KEY).
+CHECKPOINT_FORMAT = 3
+THRESHOLDS_KEY = "thresholds"  # model/classifier.py writes it
+MULTICLASS = "multiclass"  # the task of a checkpoint older than format 3
 FORMAT_KEY = "ml_template"  # not the module name: bootstrap would rename it
 NET_PREFIX = "net."  # the network's weights inside the LightningModule's state_dict
 RETRAIN = "delete it and retrain with `dvc repro`"
@@ -51,9 +55,11 @@ def trained_spec(cfg: Config, saved: dict[str, Any], path: Path) -> dict[str, An
             f"{path} was written by an older template and does not say which network it holds: "
             "retrain with `dvc repro`"
         )
-    trained = (tuple(spec["input_shape"]), spec["num_classes"])
-    expected = (cfg.data.input_shape, cfg.data.num_classes)
-    for key, was, now in zip(("input_shape", "num_classes"), trained, expected, strict=True):
+    task = saved["hyper_parameters"].get("task", MULTICLASS)
+    trained = (tuple(spec["input_shape"]), spec["num_classes"], task)
+    expected = (cfg.data.input_shape, cfg.data.num_classes, cfg.data.task)
+    keys = ("input_shape", "num_classes", "task")
+    for key, was, now in zip(keys, trained, expected, strict=True):
         if was != now:
             raise PipelineError(
                 f"{path} was trained with {key} {was} but params.yaml gives {now}: "
@@ -62,8 +68,22 @@ def trained_spec(cfg: Config, saved: dict[str, Any], path: Path) -> dict[str, An
     return spec
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A trained network and how its outputs become predictions."""
+
+    net: Network  # uint8 pixels in, logits out, in eval mode
+    task: str  # multiclass | multilabel
+    thresholds: list[float] | None  # multilabel: one per class, chosen on the validation split
+
+
 def load_network(cfg: Config, checkpoint: str | Path | None = None) -> Network:
     """The trained network (uint8 pixels in, logits out), in eval mode, whichever it is."""
+    return load_trained(cfg, checkpoint).net
+
+
+def load_trained(cfg: Config, checkpoint: str | Path | None = None) -> Trained:
+    """The trained network with its task and (multilabel) thresholds."""
     path = Path(checkpoint or cfg.paths.model)
     if not path.is_file():
         raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
@@ -89,4 +109,11 @@ def load_network(cfg: Config, checkpoint: str | Path | None = None) -> Network:
             f"{path} does not fit the {spec['name']} network as the code builds it now "
             f"({detail}): retrain with `dvc repro`, or restore the model code it was trained with"
         ) from None
-    return net.eval()
+    task = saved["hyper_parameters"].get("task", MULTICLASS)
+    thresholds = saved.get(THRESHOLDS_KEY)
+    if task != MULTICLASS and (thresholds is None or len(thresholds) != spec["num_classes"]):
+        raise PipelineError(
+            f"{path} holds a {task} network without its per-class thresholds (its training did "
+            "not finish): retrain with `dvc repro`"
+        )
+    return Trained(net.eval(), task, thresholds)

@@ -21,6 +21,7 @@ PARAMS_FILE = Path("params.yaml")
 RESUME_FILE = "last.ckpt"  # in paths.checkpoints
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
+TASKS = ("multiclass", "multilabel")  # torchmetrics' names
 
 
 class ConfigError(PipelineError):
@@ -58,8 +59,13 @@ class DataConfig:
     test_fraction: float
     seed: int
     skip_corrupt: bool  # skip (and count) unreadable images instead of stopping at the first
+    # multiclass: one label per image (softmax); multilabel: zero or more (sigmoid per class).
+    # A default only for model_info.json of releases older than the key: params.yaml needs it.
+    task: str = "multiclass"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError("image_size must be [height, width] with both at least 1")
         if self.channels not in (1, 3):

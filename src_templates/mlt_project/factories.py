@@ -118,6 +118,7 @@ def create_datamodule(cfg: Config) -> ImageDataModule:
         persistent_workers=cfg.runtime.persistent_workers,
         streaming=cfg.runtime.streaming,
         seed=cfg.training.seed,
+        task=cfg.data.task,
     )
 
 
@@ -140,6 +141,7 @@ def create_model(cfg: Config) -> ImageClassifier:
         },
         augment=dataclasses.asdict(cfg.augment),
         freeze_backbone_epochs=cfg.model.freeze_backbone_epochs,
+        task=cfg.data.task,
     )
 
 

@@ -205,6 +205,26 @@ def clear_cut(logits: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return top2[:, 1] - top2[:, 0] > 2 * bounds[:, 0]
 
 
+def threshold_logits(thresholds: list[float] | np.ndarray) -> np.ndarray:
+    """The logit at which each class's sigmoid reaches its threshold: where a decision flips."""
+    p = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def decisions(
+    expected: np.ndarray, actual: np.ndarray, bounds: np.ndarray, thresholds: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(clear, flipped): which decisions either runtime may not change, and which they made
+    differently. Multiclass (no thresholds): an image's class, clear where its top two logits
+    are further apart than both may move. Multilabel: each (image, label), clear where its
+    logit is further from its threshold's logit than it may move."""
+    if thresholds is None:
+        return clear_cut(expected, bounds), expected.argmax(axis=1) != actual.argmax(axis=1)
+    cut = threshold_logits(thresholds)
+    clear = np.abs(expected - cut) > bounds
+    return clear, (expected >= cut) != (actual >= cut)
+
+
 def check_parity(
     model: torch.nn.Module,
     onnx_path: str | Path,
@@ -213,13 +233,16 @@ def check_parity(
     rtol: float,
     atol: float,
     shown_as: str | Path | None = None,
+    thresholds: list[float] | None = None,
 ) -> dict[str, object]:
     """Compare PyTorch and ONNX Runtime (CPU) on `images`; raise PipelineError if they disagree.
 
-    They disagree when a logit moves further than `parity_bounds` allows, or when an image whose
-    top two logits are further apart than that gets another class; closer than that, the two
-    classes are a tie that either runtime may break. Messages call the model `shown_as` (default:
-    its path), e.g. the file a staged export replaces.
+    They disagree when a logit moves further than `parity_bounds` allows, or when a decision
+    that is no tie comes out otherwise: an image whose top two logits are further apart than
+    that gets another class (multiclass), or a label whose logit is further than that from its
+    threshold's is decided otherwise (multilabel, with `thresholds`: on the sigmoid outputs).
+    Closer than that, either runtime may break the tie; ties are counted. Messages call the
+    model `shown_as` (default: its path), e.g. the file a staged export replaces.
     """
     name = shown_as or onnx_path
     model = model.eval().cpu()
@@ -235,22 +258,28 @@ def check_parity(
     # NaN anywhere is a failure: it compares as neither inside nor outside a bound.
     used = np.where(np.isfinite(diff), diff / bounds, np.inf)
     worst = np.unravel_index(int(np.argmax(used)), used.shape)
-    clear = clear_cut(expected, bounds)
-    flipped = expected.argmax(axis=1) != actual.argmax(axis=1)
+    clear, flipped = decisions(
+        expected, actual, bounds, None if thresholds is None else np.asarray(thresholds)
+    )
     changed = int((flipped & clear).sum())
     if used[worst] > 1 or changed:
         failure = parity_failure(
-            name, len(images), diff, expected, worst, used, changed, rtol, atol
-        )
+            name, len(images), diff, expected, worst, used, changed, rtol, atol,
+            multilabel=thresholds is not None,
+        )  # fmt: skip
         raise PipelineError(failure)
-    return {
+    # Multilabel results say so (parity_summary's wording); multiclass ones are as they were.
+    task = {} if thresholds is None else {"task": "multilabel"}
+    return task | {
         "samples": len(images),
         "max_abs_diff": float(diff.max()),
         "max_logit": float(np.abs(expected).max()),
         "rtol": rtol,
         "atol": atol,
         "tolerance_used": float(used[worst]),  # the worst logit's share of its bound, <= 1
-        "classes_identical": True,  # on every image whose top two logits are not a tie
+        # Multiclass: on every image whose top two logits are not a tie; multilabel: every
+        # (image, label) decision whose logit is not a tie with its threshold.
+        "classes_identical": True,
         "ties": int((~clear).sum()),
         "ties_flipped": int((flipped & ~clear).sum()),
     }
@@ -258,11 +287,14 @@ def check_parity(
 
 def parity_summary(parity: dict[str, object]) -> str:
     """One line on a passed gate, as the export and the benchmark log it."""
+    if parity.get("task") == "multilabel":
+        verdict = f"labels identical ({parity['ties']} near-threshold label(s) not compared)"
+    else:
+        verdict = f"classes identical ({parity['ties']} tie(s) not compared)"
     return (
         f"parity on {parity['samples']} test images: max abs diff {parity['max_abs_diff']:.3g} "
         f"with logits up to {parity['max_logit']:.3g}, "
-        f"{100 * parity['tolerance_used']:.2g}% of the tolerance; classes identical "
-        f"({parity['ties']} tie(s) not compared)"
+        f"{100 * parity['tolerance_used']:.2g}% of the tolerance; {verdict}"
     )
 
 
@@ -276,6 +308,7 @@ def parity_failure(
     changed: int,
     rtol: float,
     atol: float,
+    multilabel: bool = False,
 ) -> str:
     """The gate's one-line verdict: the figures, the settings, and what would help."""
     row = int(worst[0])
@@ -285,7 +318,9 @@ def parity_failure(
         f"(image {row}, whose largest |logit| is {scale:.3g}): {used[worst]:.3g}x what "
         f"release.parity_rtol {rtol:g} and release.parity_atol {atol:g} allow"
     )
-    if changed:
+    if changed and multilabel:
+        figures += f", and decides {changed} label(s) otherwise that are not near their threshold"
+    elif changed:
         figures += f", and predicts another class for {changed} image(s) that are no tie"
     # float32 rounding moves a logit by ~1e-6 of its image's scale: past 1e-3 (PyTorch's ONNX
     # guide's rtol) the difference is no rounding.

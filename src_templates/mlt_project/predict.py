@@ -9,7 +9,10 @@ params.yaml only names the default model, paths.release/model.onnx. No PyTorch, 
 Images are decoded by `load_image` (data/images.py), as preprocess decodes them, with the data
 params the model was exported with, so inference sees exactly what training saw. Inputs are decoded and run --batch-size at a time
 and each row is written as it comes, so memory does not grow with the number of images. The CSV
-has one row per image: the input, the predicted class, its probability, and every class's.
+has one row per image: the input, the predicted class, its probability, and every class's. For
+a multilabel model (model_info.json's task) `predicted` lists every label whose probability
+reaches its threshold, most probable first, separated by spaces (empty: none), and `score`
+their probabilities in the same order.
 An unreadable image stops the run; with --skip-corrupt it gets no row and is counted in a warning.
 """
 
@@ -138,6 +141,34 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    # In float64 and from |x|: no overflow warning for a logit of -1000.
+    x = logits.astype(np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def prediction_rows(
+    info: dict[str, Any], class_names: list[str], logits: np.ndarray
+) -> Iterator[list[str]]:
+    """(predicted, score, every class's score) per image, as predict's CSV writes them."""
+    if info.get("task", "multiclass") == "multilabel":
+        thresholds = np.asarray(info["thresholds"])
+        for row in sigmoid(logits):
+            chosen = [int(c) for c in np.argsort(-row, kind="stable") if row[c] >= thresholds[c]]
+            scores = [f"{p:.6f}" for p in row]
+            yield [
+                " ".join(class_names[c] for c in chosen),
+                " ".join(scores[c] for c in chosen),
+                *scores,
+            ]
+        return
+    for row in softmax(logits):
+        best = int(row.argmax())
+        scores = [f"{p:.6f}" for p in row]
+        yield [class_names[best], scores[best], *scores]
+
+
 def predict(
     model_path: Path,
     source: Path,
@@ -158,10 +189,9 @@ def predict(
         writer = csv.writer(f)
         writer.writerow(["input", "predicted", "score", *(f"score_{c}" for c in class_names)])
         for names, images in batches(source, data, batch_size, skipped):
-            for name, row in zip(names, softmax(run_onnx(session, images)), strict=True):
-                best = int(row.argmax())
-                scores = [f"{p:.6f}" for p in row]
-                writer.writerow([name, class_names[best], scores[best], *scores])
+            predictions = prediction_rows(info, class_names, run_onnx(session, images))
+            for name, row in zip(names, predictions, strict=True):
+                writer.writerow([name, *row])
             rows += len(names)
     if skipped:
         shown = ", ".join(str(p) for p in skipped[:SHOWN_SKIPPED])

@@ -69,6 +69,7 @@ def run_fingerprint(cfg: Config) -> str:
         "augment": dataclasses.asdict(cfg.augment),
         "input_shape": list(cfg.data.input_shape),
         "num_classes": cfg.data.num_classes,
+        "task": cfg.data.task,
         "data": {split: sha256_file(split_path(cfg.paths.processed, split)) for split in SPLITS},
         "code": {path.relative_to(package).as_posix(): sha256_file(path) for path in code},
     }

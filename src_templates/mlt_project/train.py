@@ -11,13 +11,17 @@ import threading
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from . import cli
 from .config import Config, ConfigError
+from .data.store import split_path
 from .errors import Interrupted, PipelineError
 from .factories import create_datamodule, create_model, create_trainer, quiet_warnings
 from .logs import setup_logger
+from .model import objective
+from .model.inference import predict_split
 from .resume import ResumeCheckpoint, find_resume, run_fingerprint, save_checkpoint
 
 
@@ -25,7 +29,9 @@ def train(cfg: Config) -> dict[str, float]:
     """Fit the model, save it to paths.model, and return the final logged metrics.
 
     Resumes from paths.checkpoints when an interrupted run of the same params, data and code
-    left a checkpoint there (resume.py); on SIGTERM saves one and exits with code 75.
+    left a checkpoint there (resume.py); on SIGTERM saves one and exits with code 75. A
+    multilabel model's per-class thresholds are chosen on the validation split once training
+    is done, and saved in the checkpoint.
     """
     log = setup_logger()
     require_tracked_weights(cfg)
@@ -62,6 +68,11 @@ def train(cfg: Config) -> dict[str, float]:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous_handler)
+    if cfg.data.task == objective.MULTILABEL:
+        # Every process computes the same thresholds from the whole split: nothing to gather.
+        model.thresholds = validation_thresholds(model.net, cfg)
+        if trainer.is_global_zero:
+            log.info("thresholds chosen on the validation split: %s", model.thresholds)
     save_checkpoint(trainer, cfg.paths.model)
     if trainer.is_global_zero:
         cfg.paths.resume_checkpoint.unlink(
@@ -71,6 +82,16 @@ def train(cfg: Config) -> dict[str, float]:
     if trainer.is_global_zero:
         log.info("saved %s; %s", cfg.paths.model, {k: round(v, 4) for k, v in metrics.items()})
     return metrics
+
+
+def validation_thresholds(net: torch.nn.Module, cfg: Config) -> list[float]:
+    """A multilabel network's threshold per class, from its validation probabilities
+    (objective.fit_thresholds: each class's best F1 there)."""
+    device = next(net.parameters()).device
+    val = split_path(cfg.paths.processed, "val")
+    logits, labels, _ = predict_split(net.eval(), val, cfg.training.batch_size, device)
+    probs = objective.probabilities(objective.MULTILABEL, logits)
+    return [round(t, 6) for t in objective.fit_thresholds(probs.numpy(), labels.numpy())]
 
 
 def require_tracked_weights(cfg: Config) -> None:

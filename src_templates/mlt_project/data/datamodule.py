@@ -18,12 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PipelineError
 from .resumable import ResumableLoader, SeededShuffle
-from .store import open_split, read_split, split_info, split_path
+from .store import MULTICLASS, open_split, read_split, require_task, split_info, split_path
 from .stream import Batch, ParquetBatches, StreamLoader, auto_workers, stream_workers
 
 
 class TensorBatches(Dataset):
-    """Images and labels held as two tensors; a batch is one indexing operation.
+    """Images and labels held as two tensors; a batch is one indexing operation. Labels are
+    class indices (N,) int64, or multi-hot rows (N, classes) float32 for multilabel.
 
     The DataLoader's fetcher calls `__getitems__` with a whole batch of indices, so there is no
     per-sample `__getitem__` and no collate of N small tensors. Samplers still work as usual
@@ -79,8 +80,10 @@ class ImageDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         streaming: bool | str = "auto",
         seed: int = 0,
+        task: str = MULTICLASS,
     ) -> None:
         super().__init__()
+        self.task = task
         self.processed_dir = Path(processed_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -97,6 +100,8 @@ class ImageDataModule(L.LightningDataModule):
             paths = [split_path(self.processed_dir, split) for split in needed]
             self.streaming = not fits_in_memory(paths)
         for split in needed:
+            path = split_path(self.processed_dir, split)
+            require_task(open_split(path), path, self.task)
             if split not in self.datasets:
                 self.datasets[split] = self._load(split)
         if stage == "fit" and self.batch_size > self.datasets["train"].num_rows:

@@ -5,6 +5,9 @@
 
 `file_name` is relative to data/raw; an optional `split` (train, val or test) fixes that
 image's split, an empty one leaves it to the hash (splits.py). Other columns are ignored.
+With `data.task: multilabel` the `label` cell holds zero or more class names separated by
+spaces (Kaggle's multi-label convention), and only metadata.csv can say that; an empty cell is
+an image with none of the classes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from .store import SPLITS
 IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
 LABEL_RULE = "up to 64 letters, digits, spaces or '_.+-', starting with a letter or digit"
+# A multilabel cell separates names by spaces, so a name has none.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+NAME_RULE = "up to 64 letters, digits or '_.+-', starting with a letter or digit"
 METADATA_FILE = "metadata.csv"
 SAMPLE_HINT = "run `python -m mlt_project.data.sample_data` for the sample digits"
 SHOWN_ROWS = 20  # bad rows logged one per line before the run stops; the count covers the rest
@@ -36,7 +42,8 @@ class Images:
 
     class_names: list[str]
     files: list[Path]
-    labels: np.ndarray  # (n,) int64 indices into class_names
+    # multiclass: (n,) int64 indices into class_names; multilabel: (n, classes) uint8 multi-hot
+    labels: np.ndarray
     fixed_splits: list[str | None]  # from metadata.csv's split column; None = drawn by hash
     source: str  # "class folders" or the metadata.csv path, for messages and the report
     bad_rows: list[str] = field(default_factory=list)  # skipped under data.skip_corrupt
@@ -47,7 +54,7 @@ class Images:
         return self.files[index].relative_to(raw_dir).as_posix()
 
 
-def find_images(raw_dir: Path, skip_bad: bool = False) -> Images:
+def find_images(raw_dir: Path, skip_bad: bool = False, task: str = "multiclass") -> Images:
     """The images under `raw_dir` and their labels, from metadata.csv or class folders."""
     if not raw_dir.is_dir():
         raise PipelineError(
@@ -55,8 +62,28 @@ def find_images(raw_dir: Path, skip_bad: bool = False) -> Images:
             f"or list them in {raw_dir}/{METADATA_FILE}"
         )
     if (raw_dir / METADATA_FILE).is_file():
-        return from_metadata(raw_dir, skip_bad)
+        return from_metadata(raw_dir, skip_bad, task == "multilabel")
+    if task == "multilabel":
+        raise PipelineError(
+            f"data.task: multilabel needs {raw_dir}/{METADATA_FILE} (class folders give one label "
+            "an image): list the images as file_name,label with the labels separated by spaces "
+            "(see PROJECT.md, Bring your own labels)"
+        )
     return from_folders(raw_dir)
+
+
+def label_sets(labels: np.ndarray) -> list[tuple[int, ...]]:
+    """Each image's classes: one for multiclass labels, zero or more for multi-hot ones."""
+    if labels.ndim == 1:
+        return [(int(label),) for label in labels]
+    return [tuple(int(c) for c in np.flatnonzero(row)) for row in labels]
+
+
+def class_counts(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Images per class (an image counts once in each of its classes)."""
+    if labels.ndim == 1:
+        return np.bincount(labels, minlength=classes)
+    return labels.sum(axis=0, dtype=np.int64)
 
 
 def from_folders(raw_dir: Path) -> Images:
@@ -106,8 +133,11 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def from_metadata(raw_dir: Path, skip_bad: bool) -> Images:
-    """Images and labels listed in raw_dir/metadata.csv; bad rows stop the run or are skipped."""
+def from_metadata(raw_dir: Path, skip_bad: bool, multilabel: bool = False) -> Images:
+    """Images and labels listed in raw_dir/metadata.csv; bad rows stop the run or are skipped.
+
+    A multilabel row's label is kept as its sorted, distinct names joined by one space.
+    """
     path = raw_dir / METADATA_FILE
     rows: dict[str, tuple[str, str | None, int]] = {}  # file_name -> (label, split, line)
     conflicted: set[str] = set()  # listed twice, differently: which row is right is unknown
@@ -124,7 +154,7 @@ def from_metadata(raw_dir: Path, skip_bad: bool) -> Images:
                     "columns file_name,label and optionally split"
                 )
             for row in reader:
-                problem = _check_row(row, raw_dir, rows, conflicted, reader.line_num)
+                problem = _check_row(row, raw_dir, rows, conflicted, reader.line_num, multilabel)
                 if problem:
                     bad.append(f"{path} line {reader.line_num}: {problem}")
     except UnicodeDecodeError:
@@ -142,19 +172,43 @@ def from_metadata(raw_dir: Path, skip_bad: bool) -> Images:
         del rows[name]
     if not rows:
         raise PipelineError(f"{path} lists no usable images: add rows file_name,label")
-    class_names = sorted({label for label, _, _ in rows.values()})
-    index = {name: i for i, name in enumerate(class_names)}
     names = sorted(rows)
+    if multilabel:
+        class_names = sorted({c for label, _, _ in rows.values() for c in label.split()})
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = np.zeros((len(names), len(class_names)), dtype=np.uint8)
+        for row, name in enumerate(names):
+            labels[row, [index[c] for c in rows[name][0].split()]] = 1
+    else:
+        class_names = sorted({label for label, _, _ in rows.values()})
+        _refuse_several_labels(class_names, path)
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = np.array([index[rows[name][0]] for name in names], dtype=np.int64)
     listed = {raw_dir / name for name in names}
     return Images(
         class_names=class_names,
         files=[raw_dir / name for name in names],
-        labels=np.array([index[rows[name][0]] for name in names], dtype=np.int64),
+        labels=labels,
         fixed_splits=[rows[name][1] for name in names],
         source=str(path),
         bad_rows=bad,
         unlisted=sum(1 for p in image_files(raw_dir) if p not in listed),
     )
+
+
+def _refuse_several_labels(class_names: list[str], path: Path) -> None:
+    """Under multiclass, a label of several names that are labels of other rows ('cat dog'
+    beside 'cat') is a multilabel CSV: say so, rather than train a class 'cat dog'. A name with
+    spaces alone ('golden retriever') stays one class, as a class folder of that name does."""
+    known = set(class_names)
+    for label in class_names:
+        parts = label.split()
+        if len(parts) > 1 and any(part in known for part in parts):
+            raise PipelineError(
+                f"{path}: label {label!r} looks like several labels ({', '.join(parts)}) but "
+                "data.task is multiclass: set data.task: multilabel in params.yaml for images "
+                "with several labels"
+            )
 
 
 def _check_row(
@@ -163,6 +217,7 @@ def _check_row(
     rows: dict[str, tuple[str, str | None, int]],
     conflicted: set[str],
     line: int,
+    multilabel: bool = False,
 ) -> str | None:
     """What is wrong with one metadata.csv row (None: nothing); a good row goes into `rows`."""
     name = (row.get("file_name") or "").strip()
@@ -176,9 +231,14 @@ def _check_row(
     name = relative.as_posix()
     if not (raw_dir / name).is_file():
         return f"{name} not found in {raw_dir}"
-    if not label:
+    if multilabel:
+        bad = next((part for part in label.split() if not NAME_RE.fullmatch(part)), None)
+        if bad is not None:
+            return f"{name}: label {bad!r} is not valid: use {NAME_RULE}, spaces between labels"
+        label = " ".join(sorted(set(label.split())))  # empty: none of the classes
+    elif not label:
         return f"{name} has an empty label"
-    if not LABEL_RE.fullmatch(label):
+    elif not LABEL_RE.fullmatch(label):
         return f"{name}: label {label!r} is not valid: use {LABEL_RULE}"
     if split is not None and split not in SPLITS:
         return f"{name}: split {split!r} is not one of {', '.join(SPLITS)} (or empty: drawn)"

@@ -26,7 +26,7 @@ from .. import cli
 from ..config import Config, DataConfig
 from ..errors import PipelineError
 from .images import load_image
-from .labels import find_images
+from .labels import class_counts, find_images
 from .report import data_report, write_report
 from .splits import read_facts, split_indices
 from .store import rows_per_group, split_path, write_chunks
@@ -142,7 +142,7 @@ def resolve_workers(workers: int | str, images: int) -> int:
 def preprocess(cfg: Config) -> dict[str, int]:
     """Write the three splits and the data report; return the number of images in each split."""
     raw_dir = Path(cfg.paths.raw)
-    found = find_images(raw_dir, skip_bad=cfg.data.skip_corrupt)
+    found = find_images(raw_dir, skip_bad=cfg.data.skip_corrupt, task=cfg.data.task)
     if len(found.class_names) != cfg.data.num_classes:
         where = "class folders" if found.source == "class folders" else f"labels in {found.source}"
         raise PipelineError(
@@ -155,11 +155,12 @@ def preprocess(cfg: Config) -> dict[str, int]:
         [f.digest for f in facts], labels, found.fixed_splits, files, cfg.data
     )
     names = [found.file_name(i, raw_dir) for i in range(len(files))]
+    counts_of = class_counts(labels, len(found.class_names))
     for label, split in assignment.classes_missing:
         log.warning(
             "class %r has no %s images (%d in all): add images, or name some in metadata.csv's "
             "split column",
-            found.class_names[label], split, int((labels == label).sum()),
+            found.class_names[label], split, int(counts_of[label]),
         )  # fmt: skip
     out_dir = Path(cfg.paths.processed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +179,10 @@ def preprocess(cfg: Config) -> dict[str, int]:
                 cfg.data, pool, workers, group_rows, skipped, progress,
             )  # fmt: skip
             path = split_path(out_dir, split)
-            counts[split] = write_chunks(path, chunks, cfg.data.input_shape, found.class_names)
+            counts[split] = write_chunks(
+                path, chunks, cfg.data.input_shape, found.class_names,
+                multilabel=cfg.data.task == "multilabel",
+            )  # fmt: skip
             if counts[split] == 0:
                 raise PipelineError(
                     f"the {split} split is empty: all its {len(indices)} images are unreadable "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_output
-from .labels import Images
+from .labels import Images, label_sets
 from .splits import Assignment, FileFacts
 from .store import SPLITS
 
@@ -28,12 +28,16 @@ def data_report(
 ) -> dict[str, Any]:
     """Images per class per split, duplicates, skipped files and image sizes, as plain data."""
     per_class = {name: dict.fromkeys(SPLITS, 0) for name in found.class_names}
+    images = dict.fromkeys(SPLITS, 0)  # not the sum of per_class: a multilabel image has several
+    classes_of = label_sets(found.labels)
     for split, indices in assignment.indices.items():
         for i in indices:
             if found.files[i] not in unreadable:
-                per_class[found.class_names[found.labels[i]]][split] += 1
+                images[split] += 1
+                for label in classes_of[i]:
+                    per_class[found.class_names[label]][split] += 1
     groups = assignment.duplicate_groups
-    mixed = [g for g in groups if len({int(found.labels[i]) for i in g}) > 1]
+    mixed = [g for g in groups if len({classes_of[i] for i in g}) > 1]
     # Groups with different labels first: those are labelling mistakes to fix.
     examples = [[names[i] for i in g] for g in sorted(groups, key=lambda g: g not in mixed)]
     bad_files = sorted(names[i] for i, f in enumerate(found.files) if f in unreadable)
@@ -42,7 +46,7 @@ def data_report(
     )
     return {
         "labels_from": found.source,
-        "images": {split: sum(c[split] for c in per_class.values()) for split in SPLITS},
+        "images": images,
         "per_class": per_class,
         "splits": {
             "given_by_metadata": sum(1 for split in found.fixed_splits if split),

@@ -36,6 +36,7 @@ from PIL import Image
 
 from ..config import DataConfig
 from ..errors import PipelineError
+from .labels import class_counts, label_sets
 from .store import SPLITS
 
 READ_THREADS = 4  # file reads and hashing release the GIL
@@ -160,10 +161,12 @@ def _keep_classes_present(
     is expected to have MIN_EXPECTED; return (index, split) of each image moved, and
     (label, split) of each class still without images in a split."""
     by_class: dict[int, set[bytes]] = defaultdict(set)
+    classes_of = label_sets(labels)  # a multilabel image counts for each of its classes
     for digest, members in groups.items():
         for i in members:
-            by_class[int(labels[i])].add(digest)
-    counts = np.bincount(labels)
+            for label in classes_of[i]:
+                by_class[label].add(digest)
+    counts = class_counts(labels, max(by_class, default=0) + 1)
     moved: list[tuple[int, str]] = []
     missing: list[tuple[int, str]] = []
     for label, mine in sorted(by_class.items()):

@@ -1,9 +1,10 @@
 """The processed-data format: one Parquet file per split.
 
 Each row is one image: `image` holds its uint8 pixels (C*H*W bytes, fixed-size binary), `label`
-its class index and `file_name` its source file, relative to paths.raw (so evaluation can name
-the images it gets wrong). The file's metadata holds the format number, the image shape and the
-class names, so readers need nothing else. Row groups are sized in bytes, not rows, so memory
+its class index (multiclass) or its multi-hot labels (multilabel: one byte per class, 0 or 1,
+fixed-size binary), and `file_name` its source file, relative to paths.raw (so evaluation can
+name the images it gets wrong). The file's metadata holds the format number, the task, the image
+shape and the class names, so readers need nothing else. Row groups are sized in bytes, not rows, so memory
 per row group is the same whatever the image size.
 """
 
@@ -25,12 +26,14 @@ from ..fileio import atomic_output
 SPLITS = ("train", "val", "test")
 # 2: pixels as fixed_size_binary (1: a fixed-size list of uint8, which decoded through per-value
 # offsets and took ~10x a row group of transient memory to write). 3: the file_name column.
-FORMAT = 3
+# 4: the task in the metadata, and multi-hot labels for multilabel.
+FORMAT = 4
 # Bytes of pixels per row group: what a reader or writer holds at a time, per thread or worker.
 ROW_GROUP_BYTES = 32 * 2**20
 PAGE_BYTES = 2**20
 READ_THREADS = 4
 RERUN = "rerun `dvc repro -f preprocess`"
+MULTICLASS, MULTILABEL = "multiclass", "multilabel"  # data.task's values (config.TASKS)
 
 
 def split_path(processed_dir: str | Path, split: str) -> Path:
@@ -49,8 +52,14 @@ def write_split(
     class_names: list[str],
     file_names: list[str],
 ) -> None:
-    """Write (N, C, H, W) uint8 images, their labels and source file names, atomically."""
-    write_chunks(path, [(images, labels, file_names)], tuple(images.shape[1:]), class_names)
+    """Write (N, C, H, W) uint8 images, their labels and source file names, atomically.
+
+    Labels of shape (N,) are class indices; (N, classes) are multi-hot (multilabel).
+    """
+    shape = tuple(images.shape[1:])
+    write_chunks(
+        path, [(images, labels, file_names)], shape, class_names, multilabel=labels.ndim == 2
+    )
 
 
 def write_chunks(
@@ -59,21 +68,27 @@ def write_chunks(
     shape: tuple[int, ...],
     class_names: list[str],
     row_group_bytes: int = ROW_GROUP_BYTES,
+    *,
+    multilabel: bool = False,
 ) -> int:
     """Write (images, labels, file names) chunks as they come, one chunk in memory; return rows.
 
-    A chunk becomes one row group or more (at most `row_group_bytes` of pixels each).
+    A chunk becomes one row group or more (at most `row_group_bytes` of pixels each). Multilabel
+    labels are (n, classes) multi-hot, stored as one byte per class.
     """
     size = int(np.prod(shape))
+    classes = len(class_names)
+    label_type = pa.binary(classes) if multilabel else pa.int64()
     metadata = {
         "format": str(FORMAT),
+        "task": MULTILABEL if multilabel else MULTICLASS,
         "image_shape": json.dumps(list(shape)),
         "class_names": json.dumps(class_names),
     }
     schema = pa.schema(
         [
             pa.field("image", pa.binary(size), nullable=False),
-            pa.field("label", pa.int64()),
+            pa.field("label", label_type),
             pa.field("file_name", pa.string()),
         ],
         metadata=metadata,
@@ -83,12 +98,12 @@ def write_chunks(
         # Pixels uncompressed and never dictionary-encoded: decoded images barely compress, and
         # decompressing them would cost every epoch of a streamed read.
         "compression": {"image": "none", "label": "snappy", "file_name": "snappy"},
-        "use_dictionary": ["label"],
+        "use_dictionary": [] if multilabel else ["label"],
         # Pages of ~PAGE_BYTES: the writer encodes this many rows before it checks a page's size,
         # and by default (1,024 rows) a page, and its copies, held the whole row group.
         "write_batch_size": max(1, PAGE_BYTES // size),
         # Min/max of the pixels would store two whole images per page, and filter nothing.
-        "write_statistics": ["label"],
+        "write_statistics": [] if multilabel else ["label"],
     }
     with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
         for images, labels, file_names in chunks:
@@ -97,7 +112,13 @@ def write_chunks(
             image_column = pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(size), len(labels), [None, pa.py_buffer(pixels)]
             )
-            label_column = pa.array(labels, type=pa.int64())
+            if multilabel:
+                hot = np.ascontiguousarray(labels, dtype=np.uint8)
+                label_column = pa.FixedSizeBinaryArray.from_buffers(
+                    label_type, len(hot), [None, pa.py_buffer(hot)]
+                )
+            else:
+                label_column = pa.array(labels, type=pa.int64())
             name_column = pa.array(file_names, type=pa.string())
             table = pa.Table.from_arrays([image_column, label_column, name_column], schema=schema)
             writer.write_table(table, row_group_size=rows_per_group(shape, row_group_bytes))
@@ -106,13 +127,18 @@ def write_chunks(
 
 
 def read_split(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read a split into contiguous arrays: images (N, C, H, W) uint8, labels (N,) int64."""
+    """Read a split into contiguous arrays: images (N, C, H, W) uint8, labels (N,) int64, or
+    (N, classes) float32 multi-hot for multilabel."""
     with open_split(path) as parquet:
         shape, class_names = split_info(parquet, path)
+        multilabel = split_task(parquet) == MULTILABEL
         sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
     starts = np.cumsum([0, *sizes])
     images = np.empty((starts[-1], *shape), dtype=np.uint8)
-    labels = np.empty(starts[-1], dtype=np.int64)
+    if multilabel:
+        labels = np.empty((starts[-1], len(class_names)), dtype=np.float32)
+    else:
+        labels = np.empty(starts[-1], dtype=np.int64)
 
     def copy_group(group: int) -> None:
         # A reader of its own: a ParquetFile shared between threads crashes inside libparquet.
@@ -155,17 +181,37 @@ def split_info(parquet: pq.ParquetFile, path: Path) -> tuple[list[int], list[str
     return json.loads(metadata[b"image_shape"]), json.loads(metadata[b"class_names"])
 
 
+def split_task(parquet: pq.ParquetFile) -> str:
+    """multiclass or multilabel: what the split's labels are (after split_info checked it)."""
+    return (parquet.schema_arrow.metadata or {}).get(b"task", b"multiclass").decode()
+
+
+def require_task(parquet: pq.ParquetFile, path: Path, task: str) -> None:
+    """Refuse a split preprocessed for the other task than params.yaml's data.task."""
+    found = split_task(parquet)
+    if found != task:
+        raise PipelineError(
+            f"{path} holds {found} labels but data.task is {task}: "
+            "rerun `dvc repro preprocess` (or set data.task back)"
+        )
+
+
 def read_row_group(
     parquet: pq.ParquetFile, group: int, shape: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One row group as images (n, C, H, W) uint8 and labels (n,) int64, no per-row objects.
+    """One row group as images (n, C, H, W) uint8 and labels, no per-row objects: (n,) int64
+    class indices, or (n, classes) float32 multi-hot for multilabel (the targets BCE takes).
 
     The images may be a read-only view of Arrow's memory.
     """
     # One thread: a streaming reader holds one row group, and Arrow's thread pool would keep
     # a memory arena per thread.
     table = parquet.read_row_group(group, columns=["image", "label"], use_threads=False)
-    labels = table.column("label").to_numpy().astype(np.int64, copy=False)
+    column = table.column("label")
+    if pa.types.is_fixed_size_binary(column.type):
+        labels = pixels_of(column, [column.type.byte_width]).astype(np.float32)
+    else:
+        labels = column.to_numpy().astype(np.int64, copy=False)
     return pixels_of(table.column("image"), shape), labels
 
 

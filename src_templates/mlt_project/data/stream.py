@@ -186,7 +186,8 @@ class _Reader:
 
 
 def gather(parts: list[tuple[np.ndarray, np.ndarray]], index: np.ndarray, shared: bool) -> Batch:
-    """The rows `index` of `parts` laid end to end, as one batch (images, labels).
+    """The rows `index` of `parts` laid end to end, as one batch (images, labels): labels as the
+    parts hold them, class indices or multi-hot rows.
 
     Sorted, so the rows of a part are copied in one operation: a batch is a set, its order
     within plays no part in training.
@@ -194,7 +195,9 @@ def gather(parts: list[tuple[np.ndarray, np.ndarray]], index: np.ndarray, shared
     index = np.sort(index)
     shape = (len(index), *parts[0][0].shape[1:])
     images = _shared_images(shape) if shared else torch.empty(shape, dtype=torch.uint8)
-    out, labels = images.numpy(), np.empty(len(index), dtype=np.int64)
+    first = parts[0][1]
+    out = images.numpy()
+    labels = np.empty((len(index), *first.shape[1:]), dtype=first.dtype)
     starts = np.cumsum([0] + [len(part[1]) for part in parts])
     cuts = np.searchsorted(index, starts)
     for (pixels, part_labels), first, low, high in zip(parts, starts, cuts, cuts[1:], strict=False):

@@ -1,7 +1,9 @@
 """The LightningModule: loss, metrics, optimizer, schedule and augmentation around a network.
 
 The network itself is built by model/build.py and passed in; the hyperparameters keep its spec,
-so `checkpoint.load_network` rebuilds whichever network a checkpoint was trained with.
+so `checkpoint.load_network` rebuilds whichever network a checkpoint was trained with. The loss
+and the metrics of each data.task come from objective.py; a multilabel model's per-class
+thresholds (chosen by train.py after fitting) are saved in the checkpoint beside its weights.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
 
+from ..checkpoint import THRESHOLDS_KEY
+from . import objective
 from .augment import BatchAugment
 from .build import Network, NetworkSpec
 
@@ -28,15 +30,18 @@ class ImageClassifier(L.LightningModule):
         optimizer: dict[str, Any],
         augment: dict[str, Any] | None = None,
         freeze_backbone_epochs: int = 0,
+        task: str = objective.MULTICLASS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        self.task = task
         self.augment = BatchAugment(**(augment or {}))
         num_classes = network["num_classes"]
         # No input checks in the training hot path: they cost a host sync per step on a GPU.
-        self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes)
+        self.train_metrics = objective.training_metrics(task, num_classes, validate_args=False)
+        self.val_metrics = objective.training_metrics(task, num_classes)
+        self.thresholds: list[float] | None = None  # multilabel: set by train.py after fitting
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -55,27 +60,41 @@ class ImageClassifier(L.LightningModule):
         # Augmented here, on the device the batch is on: training batches only. (Not in
         # on_after_batch_transfer: Lightning warns on every run when a DataModule is passed too.)
         logits = self(self.augment(images))
-        loss = F.cross_entropy(logits, labels)
+        loss = objective.loss(self.task, logits, labels)
         # The hot path: every call to self.log, metric forward and host sync here costs each
         # step more than a small network's whole forward pass. So accuracy only accumulates (on
         # the device) and is logged per epoch; the loss is logged on the steps the logger
         # writes anyway (every log_every_n_steps) and shows in the progress bar.
-        self.train_acc.update(logits, labels)
+        targets = objective.hard_targets(self.task, labels)
+        for metric in self.train_metrics.values():
+            metric.update(logits, targets)
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/acc", self.train_acc)
+        for name, metric in self.train_metrics.items():
+            self.log(f"train/{name}", metric)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
-        self.val_acc(logits, labels)
+        targets = objective.hard_targets(self.task, labels)
+        for metric in self.val_metrics.values():
+            metric(logits, targets)
         # sync_dist: under DDP the epoch value averages every process's share of the val set.
-        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
-        self.log("val/acc", self.val_acc, prog_bar=True)
+        loss = objective.loss(self.task, logits, labels)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        for name, metric in self.val_metrics.items():
+            self.log(f"val/{name}", metric, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.thresholds is not None:
+            checkpoint[THRESHOLDS_KEY] = list(self.thresholds)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.thresholds = checkpoint.get(THRESHOLDS_KEY)
 
     def configure_optimizers(self) -> Any:
         settings = self.hparams.optimizer

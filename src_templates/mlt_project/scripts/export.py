@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .. import PROJECT_NAME, cli
-from ..checkpoint import load_network
+from ..checkpoint import load_trained
 from ..config import PARAMS_FILE, Config, load_config, read_params
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
@@ -68,7 +68,8 @@ def export_release(
 
     Weights over `max_inline_bytes` go to external-data files beside model.onnx.
     """
-    model = load_network(cfg)
+    trained = load_trained(cfg)
+    model = trained.net
     metrics = read_json(Path(cfg.paths.metrics), "run `dvc repro` to evaluate the model first")
     images, _, class_names = read_split(split_path(cfg.paths.processed, "test"))
     images = images[: cfg.release.parity_samples]
@@ -88,6 +89,7 @@ def export_release(
             rtol=cfg.release.parity_rtol,
             atol=cfg.release.parity_atol,
             shown_as=shown_as,
+            thresholds=trained.thresholds,
         )
     data_files = onnx_files(target)[1:]
     # Nothing here depends on the git commit, so a cached export stays valid after a commit.
@@ -97,7 +99,11 @@ def export_release(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", *cfg.data.input_shape]},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", cfg.data.num_classes]},
+        # multiclass: softmax over the logits, the top class; multilabel: a sigmoid per class,
+        # every class at or above its threshold (chosen on the validation split).
+        "task": trained.task,
         "class_names": class_names,
+        **({"thresholds": trained.thresholds} if trained.thresholds is not None else {}),
         "onnx_opset": cfg.release.onnx_opset,
         "onnx_sha256": sha256_file(target),
         # Weights too big for one protobuf message: files beside model.onnx, shipped with it.

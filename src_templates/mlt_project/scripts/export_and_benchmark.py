@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import cli
-from ..checkpoint import load_network
+from ..checkpoint import load_trained
 from ..config import Config, load_config
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
@@ -71,7 +71,8 @@ def benchmark(
     cfg: Config, batch_sizes: list[int], warmup: int, iterations: int, out: Path
 ) -> dict[str, object]:
     """Export, check parity, time every runner; write `out` and return the results."""
-    model = load_network(cfg)
+    trained = load_trained(cfg)
+    model = trained.net
     images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / MODEL_FILE
@@ -80,7 +81,12 @@ def benchmark(
         export_seconds = time.perf_counter() - start
         sample = images[: cfg.release.parity_samples]
         parity = check_parity(
-            model, onnx_file, sample, rtol=cfg.release.parity_rtol, atol=cfg.release.parity_atol
+            model,
+            onnx_file,
+            sample,
+            rtol=cfg.release.parity_rtol,
+            atol=cfg.release.parity_atol,
+            thresholds=trained.thresholds,
         )
         rows = []
         for (runtime, device), run in runners(model, onnx_file).items():

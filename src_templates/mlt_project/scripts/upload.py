@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import PROJECT_NAME
-from ..checkpoint import load_network
+from ..checkpoint import load_trained
 from ..config import PARAMS_FILE, Config
 from ..data.store import read_split, split_path
 from ..errors import PipelineError
@@ -96,12 +96,14 @@ def checked_files(cfg: Config, version: str, params_path: Path) -> tuple[dict, d
     files = upload_files(cfg, params_path, info)
     images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
     sample = images[: cfg.release.parity_samples]
+    trained = load_trained(cfg)
     check_parity(
-        load_network(cfg),
+        trained.net,
         files[MODEL_FILE],
         sample,
         rtol=cfg.release.parity_rtol,
         atol=cfg.release.parity_atol,
+        thresholds=trained.thresholds,
     )
     return info, files
 

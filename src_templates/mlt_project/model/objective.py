@@ -1,0 +1,116 @@
+"""What the network is trained for, per data.task: the loss, the probabilities, the decision, the
+training metrics and the per-class thresholds of a multilabel model.
+
+    multiclass  one class an image: softmax over the logits, cross-entropy, the top class
+    multilabel  zero or more: a sigmoid per class, binary cross-entropy, each class whose
+                probability reaches its threshold (chosen on the validation split, see
+                fit_thresholds; 0.5 while training)
+
+Training (classifier.py), the thresholds chosen after it (train.py) and evaluation (eval.py)
+all take them from here, so a change of loss (label smoothing, mixup, class weights) is one
+change. Targets may be soft for both tasks: class probabilities (N, C) for multiclass, a
+probability per class (N, C) for multilabel, as mixing two images' targets makes them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MULTICLASS, MULTILABEL = "multiclass", "multilabel"  # config.TASKS
+DEFAULT_THRESHOLD = 0.5  # a class no validation image has: nothing to choose from
+
+
+def loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean loss of a batch: cross-entropy (multiclass) or binary cross-entropy per class
+    (multilabel). Multiclass targets are class indices (N,) or class probabilities (N, C)."""
+    if task == MULTILABEL:
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+    if targets.is_floating_point():
+        return F.cross_entropy(logits, targets.to(logits.dtype))
+    return F.cross_entropy(logits, targets)
+
+
+def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes (multiclass), or a sigmoid per class (multilabel)."""
+    return torch.sigmoid(logits) if task == MULTILABEL else torch.softmax(logits, dim=1)
+
+
+def hard_targets(task: str, targets: torch.Tensor) -> torch.Tensor:
+    """Targets as the metrics take them: class indices (multiclass), 0/1 per class (multilabel);
+    a soft target counts for its likeliest class, or as present from 0.5."""
+    if task == MULTILABEL:
+        return (targets >= 0.5).long()
+    return targets.argmax(dim=1) if targets.is_floating_point() else targets
+
+
+def training_metrics(task: str, num_classes: int, validate_args: bool = True) -> nn.ModuleDict:
+    """The metrics logged per epoch as <stage>/<name>: acc (both tasks; for multilabel the share
+    of (image, class) decisions right at 0.5) and, for multilabel, f1 (macro F1 at 0.5)."""
+    # Imported here: evaluation and export use this module without them.
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MultilabelAccuracy,
+        MultilabelF1Score,
+    )
+
+    if task == MULTILABEL:
+        return nn.ModuleDict(
+            {
+                "acc": MultilabelAccuracy(num_classes, validate_args=validate_args),
+                "f1": MultilabelF1Score(num_classes, average="macro", validate_args=validate_args),
+            }
+        )
+    return nn.ModuleDict({"acc": MulticlassAccuracy(num_classes, validate_args=validate_args)})
+
+
+def decide(task: str, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Predictions from probabilities (N, C): the top class (N,) for multiclass; for multilabel
+    (N, C) booleans, each class at or above its threshold."""
+    if task == MULTILABEL:
+        cut = DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds)
+        return probs >= cut
+    return probs.argmax(axis=1)
+
+
+def fit_thresholds(probs: np.ndarray, targets: np.ndarray) -> list[float]:
+    """A multilabel model's decision threshold per class, from its validation probabilities.
+
+    For each class, the threshold that maximises that class's F1 on these images, placed midway
+    between the lowest probability it accepts and the highest it rejects (not at an image's own
+    probability, which a rounding difference would flip); the highest such threshold where
+    several give the best F1. DEFAULT_THRESHOLD for a class no image has.
+    """
+    thresholds = []
+    for column in range(probs.shape[1]):
+        p, positive = probs[:, column].astype(np.float64), targets[:, column] >= 0.5
+        if not positive.any():
+            thresholds.append(DEFAULT_THRESHOLD)
+            continue
+        order = np.argsort(-p, kind="stable")
+        p, positive = p[order], positive[order]
+        hits = np.cumsum(positive)  # true positives when the first k + 1 images are accepted
+        accepted = np.arange(1, len(p) + 1)
+        f1 = 2 * hits / (accepted + positive.sum())
+        # A cut only where the probability drops: equal probabilities are accepted together.
+        f1[np.r_[p[:-1] <= p[1:], False]] = -1
+        best = int(np.argmax(f1))
+        below = p[best + 1] if best + 1 < len(p) else 0.0
+        thresholds.append(float((p[best] + below) / 2))
+    return thresholds
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the precision-recall curve as a step function (scikit-learn's
+    average_precision_score); NaN for a class with no positive image."""
+    if not positive.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    hits = np.cumsum(positive)
+    last = np.r_[scores[1:] != scores[:-1], True]  # the end of each run of equal scores
+    precision = hits[last] / np.arange(1, len(scores) + 1)[last]
+    recall = hits[last] / positive.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
