@@ -64,6 +64,14 @@ def trained_spec(cfg: Config, saved: dict[str, Any], path: Path) -> dict[str, An
 
 def load_network(cfg: Config, checkpoint: str | Path | None = None) -> Network:
     """The trained network (uint8 pixels in, logits out), in eval mode, whichever it is."""
+    return load_trained(cfg, checkpoint)[0]
+
+
+def load_trained(
+    cfg: Config, checkpoint: str | Path | None = None
+) -> tuple[Network, dict[str, float]]:
+    """load_network, and what train says of the weights: the epoch they are from when the run
+    kept its best (best_epoch), and ema_decay when they are an average (empty for neither)."""
     path = Path(checkpoint or cfg.paths.model)
     if not path.is_file():
         raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
@@ -89,4 +97,4 @@ def load_network(cfg: Config, checkpoint: str | Path | None = None) -> Network:
             f"{path} does not fit the {spec['name']} network as the code builds it now "
             f"({detail}): retrain with `dvc repro`, or restore the model code it was trained with"
         ) from None
-    return net.eval()
+    return net.eval(), dict(saved.get("weights", {}))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cli
-from .checkpoint import load_network
+from .checkpoint import load_trained
 from .config import Config
 from .data.store import open_split, read_file_names, read_row_group, split_info, split_path
 from .files import atomic_output
@@ -108,14 +108,15 @@ def evaluate(cfg: Config) -> dict[str, object]:
     and paths.mistakes (the test images it got wrong).
     """
     log = setup_logger()
-    net = load_network(cfg)
+    net, weights = load_trained(cfg)
     test = split_path(cfg.paths.processed, "test")
     logits, labels, class_names = predict_split(
         net, test, cfg.evaluation.batch_size, device_for(cfg)
     )
     results = classification_report(logits, labels, class_names)
 
-    summary = {key: value for key, value in results.items() if key != "per_class"}
+    # With the options that decide them, the weights' epoch and EMA (train.keep_final_weights).
+    summary = {key: value for key, value in results.items() if key != "per_class"} | weights
     with atomic_output(cfg.paths.metrics) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     # Per-class figures in a file of their own: as metrics they would be 4 columns per class.

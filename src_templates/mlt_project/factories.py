@@ -11,15 +11,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .config import Config
 from .data.datamodule import ImageDataModule
+from .data.store import class_counts, split_path
 from .distributed import require_rendezvous
 from .files import atomic_output
 from .model.classifier import ImageClassifier
+from .model.loss import class_weights
 from .model.network import build_network, check_sections, network_spec
+
+MONITOR = "val/loss"  # what early stopping and the kept model go by
 
 # Warnings of Lightning's that a user of this project cannot act on, silenced while training
 # only (not process-wide): batches come from in-memory tensors, where worker processes would
@@ -108,7 +112,51 @@ class TrainingCurves(L.Callback):
         self.loss_sum, self.batches = state_dict["loss_sum"], state_dict["batches"]
 
 
+class KeepBest(L.Callback):
+    """The validated weights (the average, with EMA) of the epoch with the lowest `monitor`,
+    copied to the CPU at each improvement; train.py saves them. Kept in the resume checkpoint, so
+    a resumed run keeps the best so far. Used when a run may stop early (patience, max_time)."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best: float | None = None
+        self.epoch: int | None = None  # as numbered in paths.curves
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        value = float(value)  # under DDP the same on every process (sync_dist)
+        if self.best is None or value < self.best:  # ties keep the earlier epoch
+            self.best, self.epoch = value, trainer.current_epoch
+            state = pl_module.validated_net.state_dict()
+            self.weights = {name: tensor.detach().cpu().clone() for name, tensor in state.items()}
+
+    def restore(self, pl_module: ImageClassifier) -> bool:
+        """Put the best weights into the network; False if no epoch was validated."""
+        if self.weights is None:
+            return False
+        pl_module.net.load_state_dict(self.weights)
+        self.weights = None  # the network holds them now: the final checkpoint needs no copy
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "epoch": self.epoch, "weights": self.weights}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.epoch = state_dict["best"], state_dict["epoch"]
+        self.weights = state_dict["weights"]
+
+
+def balance_weights(cfg: Config) -> list[float]:
+    """Per-class weights from the training split's class counts (model/loss.class_weights)."""
+    counts = class_counts(split_path(cfg.paths.processed, "train"))
+    return class_weights(torch.from_numpy(counts)).tolist()
+
+
 def create_datamodule(cfg: Config) -> ImageDataModule:
+    sampler = cfg.training.class_balance == "sampler"
     return ImageDataModule(
         processed_dir=cfg.paths.processed,
         batch_size=cfg.training.batch_size,
@@ -118,6 +166,7 @@ def create_datamodule(cfg: Config) -> ImageDataModule:
         persistent_workers=cfg.runtime.persistent_workers,
         streaming=cfg.runtime.streaming,
         seed=cfg.training.seed,
+        class_weights=balance_weights(cfg) if sampler else None,
     )
 
 
@@ -137,10 +186,27 @@ def create_model(cfg: Config) -> ImageClassifier:
             "weight_decay": training.weight_decay,
             "scheduler": training.scheduler,
             "warmup_epochs": training.warmup_epochs,
+            "backbone_lr_factor": cfg.model.backbone_lr_factor,
         },
         augment=dataclasses.asdict(cfg.augment),
         freeze_backbone_epochs=cfg.model.freeze_backbone_epochs,
+        label_smoothing=training.label_smoothing,
+        class_weights=balance_weights(cfg) if training.class_balance == "loss" else None,
+        ema_decay=training.ema_decay,
     )
+
+
+def training_callbacks(cfg: Config) -> list[L.Callback]:
+    """Early stopping on the val loss, and keeping the best weights when a run may stop early."""
+    training = cfg.training
+    callbacks: list[L.Callback] = []
+    if training.early_stopping_patience:
+        callbacks.append(
+            EarlyStopping(MONITOR, patience=training.early_stopping_patience, mode="min")
+        )
+    if training.keeps_best:
+        callbacks.append(KeepBest(MONITOR))
+    return callbacks
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -149,6 +215,15 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return precision
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def use_channels_last(setting: bool | str, accelerator: str, net: torch.nn.Module) -> bool:
+    """runtime.channels_last, `auto` resolved: on for a convolutional network on a CUDA GPU
+    (cuDNN's faster kernels take NHWC), off elsewhere (on the CPU it gains nothing measured)."""
+    if setting != "auto":
+        return bool(setting)
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return on_gpu and any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
 
 
 def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.Trainer:
@@ -160,6 +235,9 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
         "num_nodes": training.num_nodes,
         "precision": resolve_precision(training.precision, training.accelerator),
         "max_epochs": training.max_epochs,
+        "max_time": training.max_time,
+        "accumulate_grad_batches": training.accumulate_grad_batches,
+        "gradient_clip_val": training.gradient_clip_val or None,
         # One folder, not version_N per run: train.py clears it when a run starts afresh. No
         # hp_metric: TensorBoard would show a placeholder -1 for every run.
         "logger": TensorBoardLogger(
@@ -174,7 +252,8 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
             [LearningRateMonitor(logging_interval="step"), TrainingCurves(cfg.paths.curves)]
             if logger
             else []
-        ),
+        )
+        + training_callbacks(cfg),
         "enable_model_summary": logger,
     }
     options.update(overrides)

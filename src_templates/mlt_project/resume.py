@@ -147,11 +147,16 @@ class ResumeCheckpoint(L.Callback):
         batch_idx: int,
     ) -> None:
         step = trainer.global_step
+        epoch_loop = trainer.fit_loop.epoch_loop
+        last = epoch_loop.batch_progress.is_last_batch
+        if epoch_loop._should_accumulate():
+            # Inside an accumulation: its gradients are in no checkpoint, so save (and stop) only
+            # where the optimizer has just stepped.
+            return
         stop = self.stop_requested
         if trainer.world_size > 1:  # any process that got SIGTERM stops them all
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         save = stop or step % self.every_n_steps == 0
-        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         # Reading the loss waits for the device, so only on the steps the logger reads it anyway.
         if save or last or step % max(trainer.log_every_n_steps, 1) == 0:
             check_loss(outputs, trainer)

@@ -17,9 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PipelineError
-from .resumable import ResumableLoader, SeededShuffle
+from .resumable import BalancedDraws, ResumableLoader, SeededShuffle
 from .store import open_split, read_split, split_info, split_path
 from .stream import Batch, ParquetBatches, StreamLoader, auto_workers, stream_workers
+
+BALANCE_FIX = "set runtime.streaming: false, or use training.class_balance: loss"
 
 
 class TensorBatches(Dataset):
@@ -79,6 +81,7 @@ class ImageDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         streaming: bool | str = "auto",
         seed: int = 0,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.processed_dir = Path(processed_dir)
@@ -88,7 +91,9 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.streaming = streaming
+        self.streaming_setting = streaming  # as params.yaml says it, before `auto` is resolved
         self.seed = seed
+        self.class_weights = class_weights  # draw training images by these (class_balance: sampler)
         self.datasets: dict[str, TensorBatches | ParquetBatches] = {}
         self.class_names: list[str] = []
         self.input_shape: tuple[int, ...] = ()
@@ -98,6 +103,11 @@ class ImageDataModule(L.LightningDataModule):
         if self.streaming == "auto":
             paths = [split_path(self.processed_dir, split) for split in needed]
             self.streaming = not fits_in_memory(paths)
+        if self.streaming and self.class_weights is not None:
+            raise PipelineError(
+                "training.class_balance: sampler needs the splits in memory, and they are "
+                f"streamed (runtime.streaming: {self.streaming_setting}): {BALANCE_FIX}"
+            )
         for split in needed:
             if split not in self.datasets:
                 self.datasets[split] = self._load(split)
@@ -112,7 +122,8 @@ class ImageDataModule(L.LightningDataModule):
         dataset = self.datasets["train"]
         if isinstance(dataset, ParquetBatches):
             return dataset.batches(world_size)
-        # Under DDP, Lightning's DistributedSampler gives each process ceil(n / world) rows.
+        # Under DDP, Lightning's DistributedSampler (or BalancedDraws) gives each process
+        # ceil(n / world) rows.
         return math.ceil(math.ceil(dataset.num_rows / world_size) / self.batch_size)
 
     def _load(self, split: str) -> TensorBatches | ParquetBatches:
@@ -156,6 +167,11 @@ class ImageDataModule(L.LightningDataModule):
         }
         if isinstance(dataset, ParquetBatches):
             return StreamLoader(dataset, **options) if shuffle else DataLoader(dataset, **options)
+        if shuffle and self.class_weights is not None:
+            labels = dataset.labels
+            weights = torch.tensor(self.class_weights)[labels]
+            sampler = BalancedDraws(weights, self.seed)
+            return ResumableLoader(dataset, sampler=sampler, **options)
         if shuffle:
             # The order depends only on (seed, epoch), and the loader resumes mid-epoch.
             sampler = SeededShuffle(len(dataset), self.seed)

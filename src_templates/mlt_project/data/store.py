@@ -136,6 +136,14 @@ def read_file_names(path: Path) -> list[str]:
         return parquet.read(columns=["file_name"]).column("file_name").to_pylist()
 
 
+def class_counts(path: Path) -> np.ndarray:
+    """Images per class in a split, read from its label column alone (no pixels)."""
+    with open_split(path) as parquet:
+        _, class_names = split_info(parquet, path)
+        labels = parquet.read(columns=["label"]).column("label").to_numpy()
+    return np.bincount(labels, minlength=len(class_names))
+
+
 def open_split(path: Path) -> pq.ParquetFile:
     if not path.exists():
         raise PipelineError(f"{path} not found: run `dvc repro preprocess` first")

@@ -1,7 +1,9 @@
 """The LightningModule: loss, metrics, optimizer, schedule and augmentation around a network.
 
 The network itself is built by model/network.py and passed in; the hyperparameters keep its spec,
-so `checkpoint.load_network` rebuilds whichever network a checkpoint was trained with.
+so `checkpoint.load_network` rebuilds whichever network a checkpoint was trained with. With
+`training.ema_decay`, an average of the weights (model/ema.py) is validated, and `use_average`
+puts it into the network before train.py saves the checkpoint DVC tracks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from .augment import BatchAugment
+from .ema import ExponentialAverage
+from .loss import make_loss
+from .mix import BatchMix
 from .network import Network, NetworkSpec
+
+AVERAGE = "ema."  # the average's keys in the state_dict: not the network's (checkpoint.NET_PREFIX)
 
 
 class ImageClassifier(L.LightningModule):
@@ -28,18 +35,61 @@ class ImageClassifier(L.LightningModule):
         optimizer: dict[str, Any],
         augment: dict[str, Any] | None = None,
         freeze_backbone_epochs: int = 0,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.augment = BatchAugment(**(augment or {}))
+        augment = dict(augment or {})
         num_classes = network["num_classes"]
+        self.mix = BatchMix(
+            num_classes, augment.pop("mixup_alpha", 0.0), augment.pop("cutmix_alpha", 0.0)
+        )
+        self.augment = BatchAugment(**augment)
+        weights = torch.tensor(class_weights) if class_weights else None
+        self.criterion = make_loss(num_classes, label_smoothing, weights)
+        self.ema = ExponentialAverage(net, ema_decay) if ema_decay > 0 else None
+        self.channels_last = False  # set by train.py (runtime.channels_last): speed only
+        self.saving_final = False  # set by train.py: the checkpoint DVC tracks, without the average
+        self.weights_record: dict[str, Any] = {}  # what train.py says the final weights are
         # No input checks in the training hot path: they cost a host sync per step on a GPU.
         self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(self._layout(images))
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    @property
+    def validated_net(self) -> torch.nn.Module:
+        """The weights validation runs and the checkpoint DVC tracks will hold."""
+        return self.ema.net if self.ema is not None else self.net
+
+    def use_average(self) -> None:
+        """Put the weights' average into the network (after training)."""
+        if self.ema is not None:
+            self.net.load_state_dict(self.ema.net.state_dict())
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # Lightning calls this once per `accumulate_grad_batches` batches: the average follows
+        # the optimizer's steps.
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self.net)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.saving_final:
+            # The network holds the kept weights now; the average would be a second copy.
+            state = checkpoint["state_dict"]
+            for key in [key for key in state if key.startswith(AVERAGE)]:
+                del state[key]
+            checkpoint["weights"] = dict(self.weights_record)
 
     def on_train_epoch_start(self) -> None:
         # From the epoch count, so a resumed run freezes exactly as the interrupted one did.
@@ -54,8 +104,12 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         # Augmented here, on the device the batch is on: training batches only. (Not in
         # on_after_batch_transfer: Lightning warns on every run when a DataModule is passed too.)
-        logits = self(self.augment(images))
-        loss = F.cross_entropy(logits, labels)
+        # Mixup/cutmix turn the labels into class probabilities; the loss takes either.
+        images, targets = self.mix(self.augment(images), labels)
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        if targets.is_floating_point():
+            labels = targets.argmax(dim=1)  # the dominant class of each mixed image
         # The hot path: every call to self.log, metric forward and host sync here costs each
         # step more than a small network's whole forward pass. So accuracy only accumulates (on
         # the device) and is logged per epoch; the loss is logged on the steps the logger
@@ -71,8 +125,10 @@ class ImageClassifier(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
-        logits = self(images)
+        logits = self.validated_net(self._layout(images))
         self.val_acc(logits, labels)
+        # Plain cross-entropy (no smoothing, no class weights), so val loss, which early stopping
+        # and the kept model go by, means the same whatever the training options.
         # sync_dist: under DDP the epoch value averages every process's share of the val set.
         self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
@@ -80,11 +136,11 @@ class ImageClassifier(L.LightningModule):
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        return self(batch[0]).float()
+        return self.validated_net(self._layout(batch[0])).float()
 
     def configure_optimizers(self) -> Any:
         settings = self.hparams.optimizer
-        optimizer = make_optimizer(self.net.parameters(), settings)
+        optimizer = make_optimizer(self.net, settings)
         total = self.total_steps()
         warmup = round(settings["warmup_epochs"] * total / max(self.trainer.max_epochs or 1, 1))
         scheduler = make_scheduler(optimizer, settings, total, warmup)
@@ -114,9 +170,24 @@ class ImageClassifier(L.LightningModule):
         return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
 
-def make_optimizer(parameters: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:
+def parameter_groups(net: Network, lr: float, backbone_lr_factor: float = 1.0) -> Any:
+    """The network's parameters; with backbone_lr_factor < 1, two groups: the backbone at
+    lr * backbone_lr_factor and the classifier head (network.head) at lr."""
+    if backbone_lr_factor == 1:
+        return net.parameters()  # one group, as without the option
+    head = f"body.{net.head}."
+    named = list(net.named_parameters())
+    backbone = [p for name, p in named if not name.startswith(head)]
+    return [
+        {"params": backbone, "lr": lr * backbone_lr_factor},
+        {"params": [p for name, p in named if name.startswith(head)], "lr": lr},
+    ]
+
+
+def make_optimizer(net: Network, settings: dict[str, Any]) -> torch.optim.Optimizer:
     """AdamW, or SGD with (Nesterov) momentum, from the `training` params."""
     lr, weight_decay = settings["lr"], settings["weight_decay"]
+    parameters = parameter_groups(net, lr, settings.get("backbone_lr_factor", 1.0))
     if settings["name"] == "sgd":
         momentum = settings["momentum"]
         return torch.optim.SGD(
@@ -133,8 +204,10 @@ def make_scheduler(
     if kind == "onecycle":
         # OneCycle warms up by itself: its first phase is the warm-up (30% when none is set).
         start = warmup / total if warmup else 0.3
+        # Each group peaks at its own lr (the backbone's is lower with backbone_lr_factor).
+        peaks = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=settings["lr"], total_steps=total, pct_start=min(start, 0.99)
+            optimizer, max_lr=peaks, total_steps=total, pct_start=min(start, 0.99)
         )
     if kind == "none" and not warmup:
         return None
