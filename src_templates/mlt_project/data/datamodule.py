@@ -106,7 +106,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.streaming and self.class_weights is not None:
             raise PipelineError(
                 "training.class_balance: sampler needs the splits in memory, and they are "
-                f"streamed (runtime.streaming: {self.streaming_setting}): {BALANCE_FIX}"
+                f"streamed (runtime.streaming: {str(self.streaming_setting).lower()}): {BALANCE_FIX}"
             )
         for split in needed:
             if split not in self.datasets:
