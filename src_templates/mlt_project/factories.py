@@ -70,7 +70,9 @@ class TrainingCurves(L.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
             # Summed where it is: reading it (.item()) would make every step wait for the GPU.
-            self.loss_sum = self.loss_sum + loss.detach().float()
+            # Lightning hands over the loss divided by accumulate_grad_batches: undone here.
+            loss = loss.detach().float() * trainer.accumulate_grad_batches
+            self.loss_sum = self.loss_sum + loss
             self.batches += 1
         # The row starts at the epoch's last batch, before a resume checkpoint of this step is
         # saved: resumed from there, Lightning goes on with the next epoch, skipping this one's
