@@ -251,20 +251,22 @@ def test_every_option_at_once_exports_through_the_gate_and_predicts_as_eval(all_
 
 
 @pytest.mark.e2e
-def test_every_option_at_once_resumes_bit_identically_after_sigkill(all_on, tmp_path):
+@pytest.mark.parametrize("every", [3, 10], ids=["mid-epoch", "epoch-end"])
+def test_every_option_at_once_resumes_bit_identically_after_sigkill(all_on, tmp_path, every):
+    """10 optimizer steps an epoch (20 batches, 2 per step): checkpoints every 3 steps fall
+    mid-epoch; every 10, at epoch ends, where the checkpoint waits for the validation."""
     root = tmp_path / all_on.name
     shutil.copytree(all_on, root, symlinks=True)
     expected = weights_of(all_on / "models" / "model.ckpt")
     expected_record = torch.load(all_on / "models" / "model.ckpt", weights_only=True)["weights"]
-    # 10 optimizer steps an epoch (20 batches, 2 per step): checkpoints every 3 fall mid-epoch.
-    set_params(root, runtime__checkpoint_every_n_steps=3)
+    set_params(root, runtime__checkpoint_every_n_steps=every)
     resume = root / "checkpoints" / "last.ckpt"
     train = [sys.executable, "-m", f"{MODULE}.train"]
     training = subprocess.Popen(train, cwd=root, env=project_env(root),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 300
     # A checkpoint after the first validation: the EMA, early stopping and best-so-far state.
-    while not resume.exists() or torch.load(resume, weights_only=False)["epoch"] < 1:
+    while not resume.exists() or torch.load(resume, weights_only=False)["global_step"] < 10:
         assert training.poll() is None, training.communicate()[1][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -273,6 +275,7 @@ def test_every_option_at_once_resumes_bit_identically_after_sigkill(all_on, tmp_
     assert training.returncode == -signal.SIGKILL, "training finished before the kill"
     saved = torch.load(resume, map_location="cpu", weights_only=False)
     assert any(key.startswith("ema.") for key in saved["state_dict"])
+    assert (saved["global_step"] % 10 == 0) == (every == 10)
     result = run(*train, cwd=root, **project_env(root))
     assert f"step {saved['global_step']}" in result.stderr
     actual = weights_of(root / "models" / "model.ckpt")

@@ -74,9 +74,8 @@ class TrainingCurves(L.Callback):
             loss = loss.detach().float() * trainer.accumulate_grad_batches
             self.loss_sum = self.loss_sum + loss
             self.batches += 1
-        # The row starts at the epoch's last batch, before a resume checkpoint of this step is
-        # saved: resumed from there, Lightning goes on with the next epoch, skipping this one's
-        # validation and end, so the row then keeps its training loss without validation.
+        # The row starts at the epoch's last batch; a resume checkpoint due there is saved at the
+        # epoch's end, after validation has filled in the row (resume.ResumeCheckpoint).
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.add_row(trainer, pl_module)
 
