@@ -16,11 +16,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from .config import Config
 from .data.datamodule import ImageDataModule
-from .data.store import class_counts, split_path
 from .distributed import require_rendezvous
 from .files import atomic_output
 from .model.classifier import ImageClassifier
-from .model.loss import class_weights
 from .model.network import build_network, check_sections, network_spec
 
 MONITOR = "val/loss"  # what early stopping and the kept model go by
@@ -150,14 +148,7 @@ class KeepBest(L.Callback):
         self.weights = state_dict["weights"]
 
 
-def balance_weights(cfg: Config) -> list[float]:
-    """Per-class weights from the training split's class counts (model/loss.class_weights)."""
-    counts = class_counts(split_path(cfg.paths.processed, "train"))
-    return class_weights(torch.from_numpy(counts)).tolist()
-
-
 def create_datamodule(cfg: Config) -> ImageDataModule:
-    sampler = cfg.training.class_balance == "sampler"
     return ImageDataModule(
         processed_dir=cfg.paths.processed,
         batch_size=cfg.training.batch_size,
@@ -167,7 +158,7 @@ def create_datamodule(cfg: Config) -> ImageDataModule:
         persistent_workers=cfg.runtime.persistent_workers,
         streaming=cfg.runtime.streaming,
         seed=cfg.training.seed,
-        class_weights=balance_weights(cfg) if sampler else None,
+        class_balance=cfg.training.class_balance,
     )
 
 
@@ -192,7 +183,7 @@ def create_model(cfg: Config) -> ImageClassifier:
         augment=dataclasses.asdict(cfg.augment),
         freeze_backbone_epochs=cfg.model.freeze_backbone_epochs,
         label_smoothing=training.label_smoothing,
-        class_weights=balance_weights(cfg) if training.class_balance == "loss" else None,
+        class_balance=training.class_balance,
         ema_decay=training.ema_decay,
     )
 

@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PipelineError
+from ..model.loss import class_weights
 from .resumable import BalancedDraws, ResumableLoader, SeededShuffle
-from .store import open_split, read_split, split_info, split_path
+from .store import class_counts, open_split, read_split, split_info, split_path
 from .stream import Batch, ParquetBatches, StreamLoader, auto_workers, stream_workers
 
 BALANCE_FIX = "set runtime.streaming: false, or use training.class_balance: loss"
@@ -81,7 +82,7 @@ class ImageDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         streaming: bool | str = "auto",
         seed: int = 0,
-        class_weights: list[float] | None = None,
+        class_balance: str = "none",
     ) -> None:
         super().__init__()
         self.processed_dir = Path(processed_dir)
@@ -93,7 +94,9 @@ class ImageDataModule(L.LightningDataModule):
         self.streaming = streaming
         self.streaming_setting = streaming  # as params.yaml says it, before `auto` is resolved
         self.seed = seed
-        self.class_weights = class_weights  # draw training images by these (class_balance: sampler)
+        self.class_balance = class_balance  # none | loss | sampler (training.class_balance)
+        # Per class, from the training split's counts (setup): the loss's or the sampler's.
+        self.class_weights: list[float] | None = None
         self.datasets: dict[str, TensorBatches | ParquetBatches] = {}
         self.class_names: list[str] = []
         self.input_shape: tuple[int, ...] = ()
@@ -103,7 +106,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.streaming == "auto":
             paths = [split_path(self.processed_dir, split) for split in needed]
             self.streaming = not fits_in_memory(paths)
-        if self.streaming and self.class_weights is not None:
+        if self.streaming and self.class_balance == "sampler":
             raise PipelineError(
                 "training.class_balance: sampler needs the splits in memory, and they are "
                 f"streamed (runtime.streaming: {str(self.streaming_setting).lower()}): {BALANCE_FIX}"
@@ -111,6 +114,9 @@ class ImageDataModule(L.LightningDataModule):
         for split in needed:
             if split not in self.datasets:
                 self.datasets[split] = self._load(split)
+        if stage == "fit" and self.class_balance != "none":
+            counts = class_counts(split_path(self.processed_dir, "train"))
+            self.class_weights = class_weights(torch.from_numpy(counts)).tolist()
         if stage == "fit" and self.batch_size > self.datasets["train"].num_rows:
             raise PipelineError(
                 f"training.batch_size {self.batch_size} is larger than the training split "
@@ -167,7 +173,7 @@ class ImageDataModule(L.LightningDataModule):
         }
         if isinstance(dataset, ParquetBatches):
             return StreamLoader(dataset, **options) if shuffle else DataLoader(dataset, **options)
-        if shuffle and self.class_weights is not None:
+        if shuffle and self.class_balance == "sampler":
             labels = dataset.labels
             weights = torch.tensor(self.class_weights)[labels]
             sampler = BalancedDraws(weights, self.seed)

@@ -36,7 +36,7 @@ class ImageClassifier(L.LightningModule):
         augment: dict[str, Any] | None = None,
         freeze_backbone_epochs: int = 0,
         label_smoothing: float = 0.0,
-        class_weights: list[float] | None = None,
+        class_balance: str = "none",
         ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
@@ -48,8 +48,7 @@ class ImageClassifier(L.LightningModule):
             num_classes, augment.pop("mixup_alpha", 0.0), augment.pop("cutmix_alpha", 0.0)
         )
         self.augment = BatchAugment(**augment)
-        weights = torch.tensor(class_weights) if class_weights else None
-        self.criterion = make_loss(num_classes, label_smoothing, weights)
+        self.criterion = make_loss(num_classes, label_smoothing)
         self.ema = ExponentialAverage(net, ema_decay) if ema_decay > 0 else None
         self.channels_last = False  # set by train.py (runtime.channels_last): speed only
         self.saving_final = False  # set by train.py: the checkpoint DVC tracks, without the average
@@ -57,6 +56,13 @@ class ImageClassifier(L.LightningModule):
         # No input checks in the training hot path: they cost a host sync per step on a GPU.
         self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.class_balance == "loss":
+            # The DataModule has counted the training split's classes (its setup runs first).
+            weights = torch.tensor(self.trainer.datamodule.class_weights)
+            num_classes = self.hparams.network["num_classes"]
+            self.criterion = make_loss(num_classes, self.hparams.label_smoothing, weights)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self._layout(images))
