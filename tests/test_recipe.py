@@ -319,10 +319,10 @@ def flatten(block: dict, prefix: str = "") -> dict[str, object]:
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", list(recipes()))
 def test_each_recipe_trains_an_epoch(project_copy, name):
-    """The recipe as PROJECT.md gives it, shrunk for CI: 32 px, one epoch, resnet18, and a
+    """The recipe as PROJECT.md gives it, shrunk for CI: 16 px, one epoch, resnet18, and a
     weights file standing in for the ImageNet download (no internet here)."""
     changes = flatten(recipes()[name])
-    changes |= {"data__image_size": [32, 32], "training__max_epochs": 1}
+    changes |= {"data__image_size": [16, 16], "training__max_epochs": 1}
     if "training__warmup_epochs" in changes:
         changes["training__warmup_epochs"] = 0.5
     if changes.get("model__name", "resnet18").startswith("resnet"):
