@@ -172,7 +172,7 @@ CASES = [
     Case("mixup alpha below 0", "train", edit_params("  mixup_alpha: 0 ", "  mixup_alpha: -1 "), "section 'augment': mixup_alpha must be 0 (off) or more"),
     Case("unknown class balance", "train", edit_params("  class_balance: none ", "  class_balance: foo "), "class_balance must be one of none, loss, sampler"),
     Case("max_time not DD:HH:MM:SS", "train", edit_params("  max_time: ", "  max_time: '10 minutes' "), "max_time '10 minutes' is not DD:HH:MM:SS"),
-    Case("max_time unquoted", "train", edit_params("  max_time: ", "  max_time: 01:00:00:00 "), 'max_time must be quoted, e.g. "00:12:00:00"'),
+    Case("max_time unquoted", "train", edit_params("  max_time: ", "  max_time: 10:00:00:00 "), 'max_time must be quoted, e.g. "00:12:00:00"'),
     Case("ema decay of 1", "train", edit_params("  ema_decay: 0 ", "  ema_decay: 1.0 "), "ema_decay must be in [0, 1)"),
     Case("label smoothing of 1", "train", edit_params("  label_smoothing: 0.0 ", "  label_smoothing: 1.0 "), "label_smoothing must be in [0, 1)"),
     Case("accumulation of 0", "train", edit_params("  accumulate_grad_batches: 1 ", "  accumulate_grad_batches: 0 "), "accumulate_grad_batches must be at least 1"),
