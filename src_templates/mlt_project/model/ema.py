@@ -19,7 +19,9 @@ class ExponentialAverage(nn.Module):
     def __init__(self, net: nn.Module, decay: float) -> None:
         super().__init__()
         self.decay = decay
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        # Never trained (no gradients), only validated: it follows the LightningModule's mode, as
+        # Lightning sets it (eval for validation), and so never warns of modules left in eval.
+        self.net = copy.deepcopy(net).requires_grad_(False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def current_decay(self) -> torch.Tensor:
@@ -39,9 +41,3 @@ class ExponentialAverage(nn.Module):
             else:
                 mine.copy_(value)
         self.updates += 1
-
-    def train(self, mode: bool = True) -> ExponentialAverage:
-        # The average is never trained: it stays in eval mode (BatchNorm uses its averages).
-        super().train(mode)
-        self.net.eval()
-        return self
