@@ -102,6 +102,11 @@ def other_shape(checkpoint: dict) -> None:
     checkpoint["hyper_parameters"]["network"]["options"]["hidden_size"] = 64
 
 
+def sampler_streamed(project: Path) -> None:
+    edit_params("  class_balance: none ", "  class_balance: sampler ")(project)
+    edit_params("  streaming: auto ", "  streaming: true ")(project)
+
+
 def no_setup(project: Path) -> None:
     pass
 
@@ -187,6 +192,16 @@ CASES = [
     Case("multilabel: processed as multiclass", "train", edit_params("  task: multiclass", "  task: multilabel"), "data/processed/train.parquet holds multiclass labels but data.task is multilabel: rerun `dvc repro preprocess`"),
     Case("multilabel: checkpoint is multiclass", "eval", edit_params("  task: multiclass", "  task: multilabel"), "was trained with task multiclass but params.yaml gives multilabel: retrain"),
     Case("disk full: Parquet", "data.preprocess", disk_full("data/processed/train.parquet"), "no space left on the device while writing data/processed/train.parquet"),
+    Case("mixup alpha below 0", "train", edit_params("  mixup_alpha: 0 ", "  mixup_alpha: -1 "), "section 'augment': mixup_alpha must be 0 (off) or more"),
+    Case("unknown class balance", "train", edit_params("  class_balance: none ", "  class_balance: foo "), "class_balance must be one of none, loss, sampler"),
+    Case("max_time not DD:HH:MM:SS", "train", edit_params("  max_time: ", "  max_time: '10 minutes' "), "max_time '10 minutes' is not DD:HH:MM:SS"),
+    Case("max_time unquoted", "train", edit_params("  max_time: ", "  max_time: 10:00:00:00 "), 'max_time must be quoted, e.g. "00:12:00:00"'),
+    Case("ema decay of 1", "train", edit_params("  ema_decay: 0 ", "  ema_decay: 1.0 "), "ema_decay must be in [0, 1)"),
+    Case("label smoothing of 1", "train", edit_params("  label_smoothing: 0.0 ", "  label_smoothing: 1.0 "), "label_smoothing must be in [0, 1)"),
+    Case("accumulation of 0", "train", edit_params("  accumulate_grad_batches: 1 ", "  accumulate_grad_batches: 0 "), "accumulate_grad_batches must be at least 1"),
+    Case("backbone lr factor without pretrained weights", "train", edit_params("  backbone_lr_factor: 1.0 ", "  backbone_lr_factor: 0.1 "), "backbone_lr_factor below 1 needs a pretrained backbone"),
+    Case("channels_last not a switch", "train", edit_params("  channels_last: auto ", "  channels_last: yes-please "), 'channels_last must be true, false or "auto"'),
+    Case("class-balanced sampler on streamed splits", "train", sampler_streamed, "training.class_balance: sampler needs the splits in memory, and they are streamed (runtime.streaming: true)"),
     Case("batch larger than data", "train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
     Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
     Case("lr finder: range upside down", "lr_find", no_setup, "--min-lr 1 and --max-lr 0.01: need 0 < --min-lr < --max-lr", ("--min-lr", "1", "--max-lr", "0.01")),

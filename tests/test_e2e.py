@@ -102,6 +102,7 @@ def test_a_param_change_reruns_only_the_stages_that_list_it(project):
         ("streaming", True),
         ("compile", True),
         ("checkpoint_every_n_steps", 7),
+        ("channels_last", True),
     ],
 )
 def test_a_runtime_knob_reruns_nothing(project_copy, key, value):

@@ -75,6 +75,9 @@ class Trained:
     net: Network  # uint8 pixels in, logits out, in eval mode
     task: str  # multiclass | multilabel
     thresholds: list[float] | None  # multilabel: one per class, chosen on the validation split
+    # What train says of the weights: the epoch they are from when the run kept its best
+    # (best_epoch), and ema_decay when they are an average (empty for neither).
+    weights: dict[str, float]
 
 
 def load_network(cfg: Config, checkpoint: str | Path | None = None) -> Network:
@@ -83,7 +86,8 @@ def load_network(cfg: Config, checkpoint: str | Path | None = None) -> Network:
 
 
 def load_trained(cfg: Config, checkpoint: str | Path | None = None) -> Trained:
-    """The trained network with its task and (multilabel) thresholds."""
+    """The trained network with its task, (multilabel) thresholds and what train says of its
+    weights."""
     path = Path(checkpoint or cfg.paths.model)
     if not path.is_file():
         raise PipelineError(f"no checkpoint at {path}: run `dvc repro train` first")
@@ -116,4 +120,4 @@ def load_trained(cfg: Config, checkpoint: str | Path | None = None) -> Trained:
             f"{path} holds a {task} network without its per-class thresholds (its training did "
             "not finish): retrain with `dvc repro`"
         )
-    return Trained(net.eval(), task, thresholds)
+    return Trained(net.eval(), task, thresholds, dict(saved.get("weights", {})))

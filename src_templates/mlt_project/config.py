@@ -22,6 +22,8 @@ RESUME_FILE = "last.ckpt"  # in paths.checkpoints
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
 TASKS = ("multiclass", "multilabel")  # torchmetrics' names
+CLASS_BALANCE = ("none", "loss", "sampler")
+MAX_TIME = re.compile(r"^\d{2}:\d{2}:\d{2}:\d{2}$")  # Lightning's DD:HH:MM:SS
 
 
 class ConfigError(PipelineError):
@@ -95,6 +97,7 @@ class ModelConfig:
     pretrained: str  # torchvision weights (DEFAULT, IMAGENET1K_V1, ...) or none
     weights_file: str | None  # a local state_dict to start from (machines without internet)
     freeze_backbone_epochs: int  # train only the new classifier head for this many epochs
+    backbone_lr_factor: float  # the backbone's learning rate as a fraction of the head's
     # The other keys of `model:` are sections of network options, `mlp:`, `cnn:`, ...: the
     # chosen network's section is checked against its __init__ when the network is built.
     networks: dict[str, dict[str, Any]]
@@ -108,6 +111,13 @@ class ModelConfig:
         if self.freeze_backbone_epochs and self.pretrained == "none" and not self.weights_file:
             raise ValueError(
                 "freeze_backbone_epochs needs a pretrained backbone: set pretrained or weights_file"
+            )
+        if not 0 < self.backbone_lr_factor <= 1:
+            raise ValueError("backbone_lr_factor must be in (0, 1]: a fraction of the head's lr")
+        if self.backbone_lr_factor < 1 and self.pretrained == "none" and not self.weights_file:
+            raise ValueError(
+                "backbone_lr_factor below 1 needs a pretrained backbone: set pretrained or "
+                "weights_file, or backbone_lr_factor: 1.0"
             )
 
 
@@ -126,6 +136,15 @@ class TrainingConfig:
     num_nodes: int  # machines; more than 1 only in a multi-node AWS Batch job
     precision: str  # auto (bf16-mixed where the GPU supports it, else 32-true) or a Lightning value
     seed: int
+    label_smoothing: float  # cross-entropy's: 0 = off
+    gradient_clip_val: float  # clip the gradients' norm to this; 0 = off
+    accumulate_grad_batches: int  # batches per optimizer step; 1 = a step per batch
+    ema_decay: float  # validate and keep an exponential moving average of the weights; 0 = off
+    early_stopping_patience: int  # epochs without a lower val loss before stopping; 0 = off
+    # A time budget, "DD:HH:MM:SS" (quoted), or null = none. An int is YAML 1.1 reading it
+    # unquoted as a base-60 number: declared so the error can say to quote it.
+    max_time: str | int | None
+    class_balance: str  # none | loss (class-weighted) | sampler (class-balanced draws)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_epochs"):
@@ -149,6 +168,34 @@ class TrainingConfig:
             raise ValueError('devices must be at least 1, or "auto"')
         if self.num_nodes < 1:
             raise ValueError("num_nodes must be at least 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("label_smoothing must be in [0, 1)")
+        if self.gradient_clip_val < 0:
+            raise ValueError("gradient_clip_val must be 0 (off) or more")
+        if self.accumulate_grad_batches < 1:
+            raise ValueError("accumulate_grad_batches must be at least 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("ema_decay must be in [0, 1); 0 = off, e.g. 0.999")
+        if self.early_stopping_patience < 0:
+            raise ValueError("early_stopping_patience must be 0 (off) or more")
+        if isinstance(self.max_time, int):
+            raise ValueError(
+                'max_time must be quoted, e.g. "00:12:00:00": unquoted, YAML reads it as a number'
+            )
+        if self.max_time is not None and not (
+            MAX_TIME.match(self.max_time) and self.max_time != "00:00:00:00"
+        ):
+            raise ValueError(
+                f"max_time {self.max_time!r} is not DD:HH:MM:SS (e.g. 00:12:00:00 for 12 hours), "
+                "or null for none"
+            )
+        if self.class_balance not in CLASS_BALANCE:
+            raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}")
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the model kept is the best by val loss, not the last (training may stop early)."""
+        return self.early_stopping_patience > 0 or self.max_time is not None
 
 
 @dataclass(frozen=True)
@@ -159,6 +206,8 @@ class AugmentConfig:
     horizontal_flip: bool  # flip half of the images left-right
     rotation: float  # rotate by up to this many degrees either way
     color_jitter: float  # scale brightness, contrast and saturation by up to +-this fraction
+    mixup_alpha: float  # mixup: blend pairs of images (and labels) by Beta(alpha, alpha); 0 = off
+    cutmix_alpha: float  # cutmix: paste a box of one image into another, area ~ Beta; 0 = off
 
     def __post_init__(self) -> None:
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -167,6 +216,9 @@ class AugmentConfig:
             raise ValueError("rotation must be between 0 and 180 degrees")
         if not 0 <= self.color_jitter < 1:
             raise ValueError("color_jitter must be in [0, 1)")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (off) or more, e.g. 0.2 (mixup), 1.0 (cutmix)")
 
 
 @dataclass(frozen=True)
@@ -180,6 +232,7 @@ class RuntimeConfig:
     streaming: bool | str  # read Parquet row group by row group; auto = when data > RAM / 4
     compile: bool  # torch.compile the network: slower first steps, faster after (mostly GPUs)
     checkpoint_every_n_steps: int  # resume checkpoint interval; SIGTERM also saves one
+    channels_last: bool | str  # channels-last memory format; auto = conv networks on CUDA
 
     def __post_init__(self) -> None:
         workers = self.preprocess_workers
@@ -192,6 +245,8 @@ class RuntimeConfig:
             raise ValueError('streaming must be true, false or "auto"')
         if self.checkpoint_every_n_steps < 1:
             raise ValueError("checkpoint_every_n_steps must be at least 1")
+        if isinstance(self.channels_last, str) and self.channels_last != "auto":
+            raise ValueError('channels_last must be true, false or "auto"')
 
 
 @dataclass(frozen=True)

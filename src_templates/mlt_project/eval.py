@@ -211,7 +211,8 @@ def evaluate(cfg: Config) -> dict[str, object]:
         ]
         wrong = mistakes(logits, labels, class_names, file_names)
 
-    summary = {key: value for key, value in results.items() if key != "per_class"}
+    # With the options that decide them, the weights' epoch and EMA (train.keep_final_weights).
+    summary = {key: value for key, value in results.items() if key != "per_class"} | trained.weights
     with atomic_output(cfg.paths.metrics) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     # Per-class figures in a file of their own: as metrics they would be 4 columns per class.

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .cluster import require_rendezvous
@@ -20,6 +20,8 @@ from .data.datamodule import ImageDataModule
 from .fileio import atomic_output
 from .model.build import build_network, check_sections, network_spec
 from .model.classifier import ImageClassifier
+
+MONITOR = "val/loss"  # what early stopping and the kept model go by
 
 # Warnings of Lightning's that a user of this project cannot act on, silenced while training
 # only (not process-wide): batches come from in-memory tensors, where worker processes would
@@ -66,11 +68,12 @@ class TrainingCurves(L.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
             # Summed where it is: reading it (.item()) would make every step wait for the GPU.
-            self.loss_sum = self.loss_sum + loss.detach().float()
+            # Lightning hands over the loss divided by accumulate_grad_batches: undone here.
+            loss = loss.detach().float() * trainer.accumulate_grad_batches
+            self.loss_sum = self.loss_sum + loss
             self.batches += 1
-        # The row starts at the epoch's last batch, before a resume checkpoint of this step is
-        # saved: resumed from there, Lightning goes on with the next epoch, skipping this one's
-        # validation and end, so the row then keeps its training loss without validation.
+        # The row starts at the epoch's last batch; a resume checkpoint due there is saved at the
+        # epoch's end, after validation has filled in the row (resume.ResumeCheckpoint).
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.add_row(trainer, pl_module)
 
@@ -108,6 +111,43 @@ class TrainingCurves(L.Callback):
         self.loss_sum, self.batches = state_dict["loss_sum"], state_dict["batches"]
 
 
+class KeepBest(L.Callback):
+    """The validated weights (the average, with EMA) of the epoch with the lowest `monitor`,
+    copied to the CPU at each improvement; train.py saves them. Kept in the resume checkpoint, so
+    a resumed run keeps the best so far. Used when a run may stop early (patience, max_time)."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best: float | None = None
+        self.epoch: int | None = None  # as numbered in paths.curves
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        value = float(value)  # under DDP the same on every process (sync_dist)
+        if self.best is None or value < self.best:  # ties keep the earlier epoch
+            self.best, self.epoch = value, trainer.current_epoch
+            state = pl_module.validated_net.state_dict()
+            self.weights = {name: tensor.detach().cpu().clone() for name, tensor in state.items()}
+
+    def restore(self, pl_module: ImageClassifier) -> bool:
+        """Put the best weights into the network; False if no epoch was validated."""
+        if self.weights is None:
+            return False
+        pl_module.net.load_state_dict(self.weights)
+        self.weights = None  # the network holds them now: the final checkpoint needs no copy
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "epoch": self.epoch, "weights": self.weights}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.epoch = state_dict["best"], state_dict["epoch"]
+        self.weights = state_dict["weights"]
+
+
 def create_datamodule(cfg: Config) -> ImageDataModule:
     return ImageDataModule(
         processed_dir=cfg.paths.processed,
@@ -119,6 +159,7 @@ def create_datamodule(cfg: Config) -> ImageDataModule:
         streaming=cfg.runtime.streaming,
         seed=cfg.training.seed,
         task=cfg.data.task,
+        class_balance=cfg.training.class_balance,
     )
 
 
@@ -138,11 +179,28 @@ def create_model(cfg: Config) -> ImageClassifier:
             "weight_decay": training.weight_decay,
             "scheduler": training.scheduler,
             "warmup_epochs": training.warmup_epochs,
+            "backbone_lr_factor": cfg.model.backbone_lr_factor,
         },
         augment=dataclasses.asdict(cfg.augment),
         freeze_backbone_epochs=cfg.model.freeze_backbone_epochs,
         task=cfg.data.task,
+        label_smoothing=training.label_smoothing,
+        class_balance=training.class_balance,
+        ema_decay=training.ema_decay,
     )
+
+
+def training_callbacks(cfg: Config) -> list[L.Callback]:
+    """Early stopping on the val loss, and keeping the best weights when a run may stop early."""
+    training = cfg.training
+    callbacks: list[L.Callback] = []
+    if training.early_stopping_patience:
+        callbacks.append(
+            EarlyStopping(MONITOR, patience=training.early_stopping_patience, mode="min")
+        )
+    if training.keeps_best:
+        callbacks.append(KeepBest(MONITOR))
+    return callbacks
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -151,6 +209,15 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return precision
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def use_channels_last(setting: bool | str, accelerator: str, net: torch.nn.Module) -> bool:
+    """runtime.channels_last, `auto` resolved: on for a convolutional network on a CUDA GPU
+    (cuDNN's faster kernels take NHWC), off elsewhere (on the CPU it gains nothing measured)."""
+    if setting != "auto":
+        return bool(setting)
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return on_gpu and any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
 
 
 def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.Trainer:
@@ -162,6 +229,9 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
         "num_nodes": training.num_nodes,
         "precision": resolve_precision(training.precision, training.accelerator),
         "max_epochs": training.max_epochs,
+        "max_time": training.max_time,
+        "accumulate_grad_batches": training.accumulate_grad_batches,
+        "gradient_clip_val": training.gradient_clip_val or None,
         # One folder, not version_N per run: train.py clears it when a run starts afresh. No
         # hp_metric: TensorBoard would show a placeholder -1 for every run.
         "logger": TensorBoardLogger(
@@ -176,7 +246,8 @@ def create_trainer(cfg: Config, *, logger: bool = True, **overrides: Any) -> L.T
             [LearningRateMonitor(logging_interval="step"), TrainingCurves(cfg.paths.curves)]
             if logger
             else []
-        ),
+        )
+        + training_callbacks(cfg),
         "enable_model_summary": logger,
     }
     options.update(overrides)

@@ -117,6 +117,7 @@ class ResumeCheckpoint(L.Callback):
         self.every_n_steps = every_n_steps
         self.stop_requested = False
         self._restore: dict[str, Any] | None = None
+        self._at_epoch_end: dict[str, bool] | None = None  # a save put off to the epoch's end
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
@@ -148,33 +149,58 @@ class ResumeCheckpoint(L.Callback):
         batch_idx: int,
     ) -> None:
         step = trainer.global_step
+        epoch_loop = trainer.fit_loop.epoch_loop
+        last = epoch_loop.batch_progress.is_last_batch
+        if epoch_loop._should_accumulate():
+            # Inside an accumulation: its gradients are in no checkpoint, so save (and stop) only
+            # where the optimizer has just stepped.
+            return
         stop = self.stop_requested
         if trainer.world_size > 1:  # any process that got SIGTERM stops them all
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         save = stop or step % self.every_n_steps == 0
-        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         # Reading the loss waits for the device, so only on the steps the logger reads it anyway.
         if save or last or step % max(trainer.log_every_n_steps, 1) == 0:
             check_loss(outputs, trainer)
+        if save and last:
+            # After this epoch's validation instead: resumed from its last batch, Lightning would
+            # go on with the next epoch without validating this one (early stopping and the
+            # kept best epoch would then differ from an uninterrupted run).
+            self._at_epoch_end = {"stop": stop}
+            return
         if save:
             save_checkpoint(trainer, self.path)
         if stop:
-            if trainer.is_global_zero:
-                log.warning(
-                    "SIGTERM: saved %s at epoch %d, step %d; exiting with code %d: run "
-                    "`dvc repro` again (AWS Batch retries the job) and training resumes there",
-                    self.path,
-                    trainer.current_epoch,
-                    step,
-                    Interrupted().code,
-                )
-            raise Interrupted()
+            self.interrupt(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pending = self._at_epoch_end
+        if pending is None:
+            return
+        save_checkpoint(trainer, self.path)
+        self._at_epoch_end = None
+        if pending["stop"]:
+            self.interrupt(trainer)
+
+    def interrupt(self, trainer: L.Trainer) -> None:
+        if trainer.is_global_zero:
+            log.warning(
+                "SIGTERM: saved %s at epoch %d, step %d; exiting with code %d: run "
+                "`dvc repro` again (AWS Batch retries the job) and training resumes there",
+                self.path,
+                trainer.current_epoch,
+                trainer.global_step,
+                Interrupted().code,
+            )
+        raise Interrupted()
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[FORMAT_KEY] = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint}
-        checkpoint["resume_state"] = {"rng": rng_states(), "metrics": metric_states(pl_module)}
+        # At an epoch's end the metrics start afresh with the next epoch: none to restore.
+        metrics = {} if self._at_epoch_end is not None else metric_states(pl_module)
+        checkpoint["resume_state"] = {"rng": rng_states(), "metrics": metrics}
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

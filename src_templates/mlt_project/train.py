@@ -18,9 +18,17 @@ from . import cli
 from .config import Config, ConfigError
 from .data.store import split_path
 from .errors import Interrupted, PipelineError
-from .factories import create_datamodule, create_model, create_trainer, quiet_warnings
+from .factories import (
+    KeepBest,
+    create_datamodule,
+    create_model,
+    create_trainer,
+    quiet_warnings,
+    use_channels_last,
+)
 from .logs import setup_logger
 from .model import objective
+from .model.classifier import ImageClassifier
 from .model.inference import predict_split
 from .resume import ResumeCheckpoint, find_resume, run_fingerprint, save_checkpoint
 
@@ -49,6 +57,9 @@ def train(cfg: Config) -> dict[str, float]:
             # The network only, in place: its state_dict keys stay as they are, and Lightning's
             # logging and the metrics (which would recompile on every new value) stay eager.
             model.net.compile()
+        if use_channels_last(cfg.runtime.channels_last, cfg.training.accelerator, model.net):
+            model.to(memory_format=torch.channels_last)  # the average's copy too
+            model.channels_last = True
         trainer = create_trainer(cfg)
         trainer.callbacks.append(resume)
         # Every process loads the checkpoint itself: the nodes of a multi-node job each have a
@@ -68,8 +79,11 @@ def train(cfg: Config) -> dict[str, float]:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous_handler)
+    model.weights_record = keep_final_weights(cfg, trainer, model)
+    model.saving_final = True
     if cfg.data.task == objective.MULTILABEL:
-        # Every process computes the same thresholds from the whole split: nothing to gather.
+        # On the weights kept (best epoch, EMA average), from the whole split on every process:
+        # all compute the same thresholds, nothing to gather.
         model.thresholds = validation_thresholds(model.net, cfg)
         if trainer.is_global_zero:
             log.info("thresholds chosen on the validation split: %s", model.thresholds)
@@ -79,6 +93,7 @@ def train(cfg: Config) -> dict[str, float]:
             missing_ok=True
         )  # the run is complete: nothing to resume
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics |= model.weights_record
     if trainer.is_global_zero:
         log.info("saved %s; %s", cfg.paths.model, {k: round(v, 4) for k, v in metrics.items()})
     return metrics
@@ -92,6 +107,24 @@ def validation_thresholds(net: torch.nn.Module, cfg: Config) -> list[float]:
     logits, labels, _ = predict_split(net.eval(), val, cfg.training.batch_size, device)
     probs = objective.probabilities(objective.MULTILABEL, logits)
     return [round(t, 6) for t in objective.fit_thresholds(probs.numpy(), labels.numpy())]
+
+
+def keep_final_weights(cfg: Config, trainer: L.Trainer, model: ImageClassifier) -> dict[str, float]:
+    """Put the weights to keep into the network: the best epoch's by val loss when the run may
+    stop early, else the last; the average of the weights with EMA. Returns what they are, for
+    the checkpoint and evaluation's metrics (best_epoch as numbered in paths.curves)."""
+    record: dict[str, float] = {}
+    keep = next((c for c in trainer.callbacks if isinstance(c, KeepBest)), None)
+    if keep is not None and keep.restore(model):
+        record["best_epoch"] = keep.epoch
+        record["best_val_loss"] = round(keep.best, 6)
+    else:
+        model.use_average()
+    if cfg.training.ema_decay:
+        record["ema_decay"] = cfg.training.ema_decay
+    if keep is not None:
+        record["epochs_trained"] = trainer.current_epoch
+    return record
 
 
 def require_tracked_weights(cfg: Config) -> None:

@@ -17,9 +17,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import PipelineError
-from .resumable import ResumableLoader, SeededShuffle
-from .store import MULTICLASS, open_split, read_split, require_task, split_info, split_path
+from ..model.objective import class_weights
+from .resumable import BalancedDraws, ResumableLoader, SeededShuffle
+from .store import (
+    MULTICLASS,
+    class_counts,
+    open_split,
+    read_split,
+    require_task,
+    split_info,
+    split_path,
+)
 from .stream import Batch, ParquetBatches, StreamLoader, auto_workers, stream_workers
+
+BALANCE_FIX = "set runtime.streaming: false, or use training.class_balance: loss"
 
 
 class TensorBatches(Dataset):
@@ -81,6 +92,7 @@ class ImageDataModule(L.LightningDataModule):
         streaming: bool | str = "auto",
         seed: int = 0,
         task: str = MULTICLASS,
+        class_balance: str = "none",
     ) -> None:
         super().__init__()
         self.task = task
@@ -91,7 +103,11 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.streaming = streaming
+        self.streaming_setting = streaming  # as params.yaml says it, before `auto` is resolved
         self.seed = seed
+        self.class_balance = class_balance  # none | loss | sampler (training.class_balance)
+        # Per class, from the training split's counts (setup): the loss's or the sampler's.
+        self.class_weights: list[float] | None = None
         self.datasets: dict[str, TensorBatches | ParquetBatches] = {}
 
     def setup(self, stage: str) -> None:
@@ -99,11 +115,26 @@ class ImageDataModule(L.LightningDataModule):
         if self.streaming == "auto":
             paths = [split_path(self.processed_dir, split) for split in needed]
             self.streaming = not fits_in_memory(paths)
+        if self.task != MULTICLASS and self.class_balance == "sampler":
+            raise PipelineError(
+                "training.class_balance: sampler draws each image by its one class, and "
+                f"data.task: {self.task} images have several: use training.class_balance: loss "
+                "(a positive weight per class)"
+            )
+        if self.streaming and self.class_balance == "sampler":
+            raise PipelineError(
+                "training.class_balance: sampler needs the splits in memory, and they are "
+                f"streamed (runtime.streaming: {str(self.streaming_setting).lower()}): {BALANCE_FIX}"
+            )
         for split in needed:
             path = split_path(self.processed_dir, split)
             require_task(open_split(path), path, self.task)
             if split not in self.datasets:
                 self.datasets[split] = self._load(split)
+        if stage == "fit" and self.class_balance != "none":
+            counts, images = class_counts(split_path(self.processed_dir, "train"))
+            weights = class_weights(self.task, torch.from_numpy(counts), images)
+            self.class_weights = weights.tolist()
         if stage == "fit" and self.batch_size > self.datasets["train"].num_rows:
             raise PipelineError(
                 f"training.batch_size {self.batch_size} is larger than the training split "
@@ -115,7 +146,8 @@ class ImageDataModule(L.LightningDataModule):
         dataset = self.datasets["train"]
         if isinstance(dataset, ParquetBatches):
             return dataset.batches(world_size)
-        # Under DDP, Lightning's DistributedSampler gives each process ceil(n / world) rows.
+        # Under DDP, Lightning's DistributedSampler (or BalancedDraws) gives each process
+        # ceil(n / world) rows.
         return math.ceil(math.ceil(dataset.num_rows / world_size) / self.batch_size)
 
     def _load(self, split: str) -> TensorBatches | ParquetBatches:
@@ -155,6 +187,11 @@ class ImageDataModule(L.LightningDataModule):
         }
         if isinstance(dataset, ParquetBatches):
             return StreamLoader(dataset, **options) if shuffle else DataLoader(dataset, **options)
+        if shuffle and self.class_balance == "sampler":
+            labels = dataset.labels
+            weights = torch.tensor(self.class_weights)[labels]
+            sampler = BalancedDraws(weights, self.seed)
+            return ResumableLoader(dataset, sampler=sampler, **options)
         if shuffle:
             # The order depends only on (seed, epoch), and the loader resumes mid-epoch.
             sampler = SeededShuffle(len(dataset), self.seed)

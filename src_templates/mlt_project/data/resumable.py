@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 
 class SeededShuffle(Sampler[int]):
@@ -38,10 +39,35 @@ class SeededShuffle(Sampler[int]):
         return self.n
 
 
+class BalancedDraws(DistributedSampler):
+    """`training.class_balance: sampler`: each epoch draws len(weights) indices with replacement,
+    image i with probability proportional to weights[i] (its class's), seeded by (seed, epoch).
+
+    A DistributedSampler, so Lightning leaves it in place under DDP (a wrapper would draw the same
+    indices every epoch): every process draws the same sequence and takes every world-th index,
+    so the processes' shares never overlap and each gets ceil(n / world) of them.
+    """
+
+    def __init__(self, weights: torch.Tensor, seed: int) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        super().__init__(range(len(weights)), num_replicas=world, rank=rank, shuffle=False)
+        self.weights = weights.double()
+        self.seed = seed
+        self.skip = 0  # as SeededShuffle's: indices to leave out of the next pass
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        drawn = torch.multinomial(self.weights, self.total_size, True, generator=generator)
+        mine = drawn[self.rank : self.total_size : self.num_replicas]
+        skip, self.skip = self.skip, 0
+        yield from mine[skip:].tolist()
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over a SeededShuffle that Lightning can checkpoint and restore mid-epoch."""
 
-    sampler: SeededShuffle
+    sampler: SeededShuffle | BalancedDraws
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

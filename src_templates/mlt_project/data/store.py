@@ -162,6 +162,19 @@ def read_file_names(path: Path) -> list[str]:
         return parquet.read(columns=["file_name"]).column("file_name").to_pylist()
 
 
+def class_counts(path: Path) -> tuple[np.ndarray, int]:
+    """Images per class in a split, and its number of images, read from the label column alone
+    (no pixels). A multilabel image counts for each of its classes."""
+    with open_split(path) as parquet:
+        _, class_names = split_info(parquet, path)
+        column = parquet.read(columns=["label"]).column("label")
+    if pa.types.is_fixed_size_binary(column.type):
+        hot = pixels_of(column, [column.type.byte_width])
+        return hot.sum(axis=0, dtype=np.int64), len(hot)
+    labels = column.to_numpy()
+    return np.bincount(labels, minlength=len(class_names)), len(labels)
+
+
 def open_split(path: Path) -> pq.ParquetFile:
     if not path.exists():
         raise PipelineError(f"{path} not found: run `dvc repro preprocess` first")

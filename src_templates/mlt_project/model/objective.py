@@ -14,6 +14,8 @@ probability per class (N, C) for multilabel, as mixing two images' targets makes
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,14 +25,91 @@ MULTICLASS, MULTILABEL = "multiclass", "multilabel"  # config.TASKS
 DEFAULT_THRESHOLD = 0.5  # a class no validation image has: nothing to choose from
 
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The mean loss of a batch: cross-entropy (multiclass) or binary cross-entropy per class
-    (multilabel). Multiclass targets are class indices (N,) or class probabilities (N, C)."""
+    """The plain mean loss of a batch: cross-entropy (multiclass) or binary cross-entropy per
+    class (multilabel), no smoothing, no class weights: what val/loss and evaluation report.
+    Multiclass targets are class indices (N,) or class probabilities (N, C)."""
     if task == MULTILABEL:
         return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
     if targets.is_floating_point():
         return F.cross_entropy(logits, targets.to(logits.dtype))
     return F.cross_entropy(logits, targets)
+
+
+def make_loss(
+    task: str,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
+) -> Loss:
+    """The training loss, loss(logits, targets), with training.label_smoothing and the class
+    weights of training.class_balance: loss (class_weights). Without either it is `loss`, bit
+    for bit. Targets may be soft (mixup and cutmix blend two images' targets).
+
+    multiclass: cross-entropy against the targets smoothed towards uniform; with weights, an
+        image weighs its target's mix of them (w . y) and the batch loss is the weighted mean,
+        sum(w_i * l_i) / sum(w_i), which for one-hot targets is PyTorch's weighted cross-entropy.
+    multilabel: binary cross-entropy per class against targets smoothed towards 1/2; weights
+        are each class's positive weight (BCE's pos_weight).
+    """
+    if task == MULTILABEL:
+
+        def multilabel(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            targets = targets.to(logits.dtype) * (1 - label_smoothing) + label_smoothing / 2
+            pos_weight = None if weights is None else weights.to(logits.device, logits.dtype)
+            return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+
+        return multilabel
+
+    def multiclass(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if weights is None and not targets.is_floating_point():
+            return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        if not targets.is_floating_point():
+            targets = F.one_hot(targets, num_classes).float()
+        return soft_cross_entropy(logits, targets, label_smoothing, weights)
+
+    return multiclass
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy against class probabilities (N, C), smoothed towards uniform; with class
+    weights, the weighted mean over images (make_loss)."""
+    smoothed = targets * (1 - label_smoothing) + label_smoothing / targets.shape[1]
+    per_image = -(smoothed * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    if weights is None:
+        return per_image.mean()
+    image_weights = targets @ weights.to(targets.device)
+    return (per_image * image_weights).sum() / image_weights.sum().clamp(min=1e-12)
+
+
+def class_weights(task: str, counts: torch.Tensor, images: int) -> torch.Tensor:
+    """Per-class loss weights from the training split: `counts` images per class of `images`.
+
+    multiclass: inverse class frequency, n / (C * n_c), as scikit-learn's "balanced": a class of
+        average size weighs 1 and the mean weight over the training images is 1; a class without
+        training images weighs 0 (no image has its label).
+    multilabel: BCE's positive weight, (n - n_c) / n_c, so a class's positives weigh as much as
+        its negatives; 1 for a class without positives (there is nothing to weigh).
+    """
+    counts = counts.double()
+    if task == MULTILABEL:
+        return torch.where(counts > 0, (images - counts) / counts.clamp(min=1), 1.0).float()
+    weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+    return torch.where(counts > 0, weights, 0.0).float()
+
+
+def scores(task: str, logits: torch.Tensor) -> torch.Tensor:
+    """What the training metrics are given: the logits (multiclass: the top one decides), or
+    probabilities (multilabel: torchmetrics would guess from their range whether they are)."""
+    return torch.sigmoid(logits) if task == MULTILABEL else logits
 
 
 def probabilities(task: str, logits: torch.Tensor) -> torch.Tensor:

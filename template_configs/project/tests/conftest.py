@@ -37,8 +37,13 @@ def cfg(tmp_path: Path) -> Config:
             skip_corrupt=False,
         ),
         # Random weights: pretrained ones are downloaded, and a weights file may not be here.
+        # (and so no freezing, nor a slower backbone: both need pretrained weights).
         model=dataclasses.replace(
-            base.model, pretrained="none", weights_file=None, freeze_backbone_epochs=0
+            base.model,
+            pretrained="none",
+            weights_file=None,
+            freeze_backbone_epochs=0,
+            backbone_lr_factor=1.0,
         ),
         training=dataclasses.replace(
             base.training,

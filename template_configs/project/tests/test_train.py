@@ -114,3 +114,44 @@ def test_the_resume_fingerprint_follows_the_weights_files_bytes(processed):
     assert run_fingerprint(cfg) == first
     weights.write_bytes(b"two")  # replaced at the same path: an old checkpoint must not resume
     assert run_fingerprint(cfg) != first
+
+
+def test_the_recipe_keeps_the_best_epochs_average_and_says_so(processed):
+    """Every option of PROJECT.md's Recipes on at once: the checkpoint holds the best epoch's
+    EMA weights as the network, and the metrics say which epoch and that they are an average."""
+    cfg = dataclasses.replace(
+        processed,
+        training=dataclasses.replace(
+            processed.training,
+            max_epochs=3,
+            label_smoothing=0.1,
+            gradient_clip_val=1.0,
+            accumulate_grad_batches=2,
+            ema_decay=0.9,
+            early_stopping_patience=1,
+            max_time="00:01:00:00",
+            class_balance="loss",
+        ),
+        augment=dataclasses.replace(processed.augment, mixup_alpha=0.2, cutmix_alpha=1.0),
+    )
+    metrics = train(cfg)
+    curves = read_csv(cfg.paths.curves)
+    val_loss = [float(row["val_loss"]) for row in curves]
+    assert metrics["best_epoch"] == val_loss.index(min(val_loss))
+    assert metrics["ema_decay"] == 0.9
+    saved = torch.load(cfg.paths.model, map_location="cpu", weights_only=True)
+    assert not [key for key in saved["state_dict"] if key.startswith("ema.")]
+    summary = evaluate(cfg)
+    written = json.loads(Path(cfg.paths.metrics).read_text())
+    assert written["best_epoch"] == metrics["best_epoch"] and written["ema_decay"] == 0.9
+    assert 0 <= summary["accuracy"] <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_channels_last_is_on_by_default_for_a_conv_network_on_the_gpu(processed):
+    from mlt_project.factories import use_channels_last
+
+    cfg = dataclasses.replace(processed, model=dataclasses.replace(processed.model, name="cnn"))
+    net = create_model(cfg).net
+    assert use_channels_last("auto", "auto", net)
+    assert not use_channels_last("auto", "cpu", net)
