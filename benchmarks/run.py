@@ -135,6 +135,23 @@ def base_config(root: Path, tmp: Path, **sections: dict):
     return dataclasses.replace(cfg, **changes)
 
 
+def quiet_warnings(factories_module):
+    """The training warnings filter: in callbacks.py now, in the factories module before."""
+    try:
+        from mlt_project.callbacks import quiet_warnings as found
+    except ImportError:
+        found = getattr(factories_module, "quiet_warnings", contextlib.nullcontext)
+    return found
+
+
+def write_params(cfg, path: Path) -> None:
+    """A config as a params.yaml, for a fresh process to read with load_config (as a project does)."""
+    import yaml
+
+    plain = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, for YAML
+    path.write_text(yaml.safe_dump(plain, sort_keys=False))
+
+
 def factories():
     """The factories module: `factories` now, `utils` in checkouts before the rename."""
     try:
@@ -144,22 +161,27 @@ def factories():
     return module
 
 
-def file_names(count: int) -> tuple:
-    """Made-up source names for `count` rows, where the checkout's Parquet rows hold them (since
-    issue 20): the extra item of a write_chunks chunk, the last argument of write_split."""
+def write_split(path: Path, images, labels, class_names: list[str]) -> None:
+    """One split in one go: store.write_chunks with made-up source names, or the store's own
+    write_split in checkouts from before it moved here (with names since issue 20)."""
     import inspect
 
-    from mlt_project.data.store import write_split
+    from mlt_project.data import store
 
-    has_names = "file_names" in inspect.signature(write_split).parameters
-    return ([f"{i}.png" for i in range(count)],) if has_names else ()
+    names = [f"{i}.png" for i in range(len(labels))]
+    if not hasattr(store, "write_split"):
+        chunk = (images, labels, names)
+        store.write_chunks(path, [chunk], tuple(images.shape[1:]), class_names)
+        return
+    has_names = "file_names" in inspect.signature(store.write_split).parameters
+    store.write_split(path, images, labels, class_names, *([names] if has_names else []))
 
 
 def write_synthetic(
     processed: Path, splits: dict[str, int], size: int, classes: int = 10, channels: int = 1
 ) -> int:
     """Random uint8 images with learnable class offsets as Parquet splits; returns data bytes."""
-    from mlt_project.data.store import split_path, write_split
+    from mlt_project.data.store import split_path
 
     rng = np.random.default_rng(0)
     total = 0
@@ -168,7 +190,7 @@ def write_synthetic(
         images = rng.integers(0, 128, (count, channels, size, size), dtype=np.uint8)
         images += (labels * 12).astype(np.uint8)[:, None, None, None]
         class_names = [str(c) for c in range(classes)]
-        write_split(split_path(processed, split), images, labels, class_names, *file_names(count))
+        write_split(split_path(processed, split), images, labels, class_names)
         total += images.nbytes
     return total
 
@@ -414,7 +436,7 @@ def train_like_epochs(cfg, epochs: int, channels_last: bool = False) -> list[flo
             import torch
 
             model.net.to(memory_format=torch.channels_last)
-        with getattr(module, "quiet_warnings", contextlib.nullcontext)():
+        with quiet_warnings(module)():
             trainer.fit(model, datamodule=module.create_datamodule(cfg))
     finally:
         signal.signal(signal.SIGTERM, handler)
@@ -810,9 +832,9 @@ def p2(root: Path, tmp: Path, log: Path) -> dict:
 
 def peak_rss(root: Path, cfg, log: Path) -> int:
     """How much a fresh process's RSS rises while it trains one epoch on `cfg`'s data."""
-    cfg_file = Path(cfg.paths.logs).parent / "cfg.json"
+    cfg_file = Path(cfg.paths.logs).parent / "params.yaml"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
-    cfg_file.write_text(json.dumps(dataclasses.asdict(cfg)))
+    write_params(cfg, cfg_file)
     with log.open("a") as out:
         result = subprocess.run(
             [sys.executable, __file__, "--root", str(root), "--memprobe", str(cfg_file)],
@@ -828,12 +850,12 @@ def memprobe(cfg_file: Path) -> None:
     """(subprocess) train one epoch; print how far RSS rose above where it was before, in bytes."""
     import psutil
 
-    from mlt_project.config import Config, _build
+    from mlt_project.config import load_config
 
     create_datamodule, create_model = factories().create_datamodule, factories().create_model
     create_trainer = factories().create_trainer
 
-    cfg = _build(Config, json.loads(cfg_file.read_text()), "", cfg_file)
+    cfg = load_config(cfg_file)
     trainer = create_trainer(cfg, max_epochs=1, accelerator="cpu", devices=1)
     model, datamodule = create_model(cfg), create_datamodule(cfg)
     process = psutil.Process()
@@ -862,7 +884,7 @@ def p2c(root: Path, tmp: Path, log: Path) -> dict:
 def run_probe(root: Path, flag: str, cfg, cfg_file: Path, log: Path) -> dict:
     """This script as `--root ROOT FLAG CFG_FILE` in a fresh process (its memory its own): the
     JSON of its last line. `cfg` goes to CFG_FILE; what the probe prints otherwise, to `log`."""
-    cfg_file.write_text(json.dumps(dataclasses.asdict(cfg)))
+    write_params(cfg, cfg_file)
     with log.open("a") as err:
         result = subprocess.run(
             [sys.executable, __file__, "--root", str(root), flag, str(cfg_file)],
@@ -959,13 +981,13 @@ def p2m(root: Path, tmp: Path, log: Path, sizes: tuple[int, ...] = (80_000, 240_
                 (
                     rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8),
                     rng.integers(0, 10, n),
-                    *file_names(n),
+                    [f"{i}.png" for i in range(n)],
                 )
                 for n in [10_000] * (rows // 10_000) + [rows % 10_000]
                 if n
             )
             write_chunks(split_path(processed, split), chunks, (3, 64, 64), list("0123456789"))
-        out[str(count)] = run_probe(root, "--streamprobe", cfg, tmp / f"p2m-{count}.json", log)
+        out[str(count)] = run_probe(root, "--streamprobe", cfg, tmp / f"p2m-{count}.yaml", log)
         out[str(count)]["split_mb"] = count * 3 * 64 * 64 / 2**20
         shutil.rmtree(processed)
     return out
@@ -976,9 +998,9 @@ def streamprobe(cfg_file: Path) -> None:
     loader workers over this process before, in MB, as JSON."""
     import psutil
 
-    from mlt_project.config import Config, _build
+    from mlt_project.config import load_config
 
-    cfg = _build(Config, json.loads(cfg_file.read_text()), "", cfg_file)
+    cfg = load_config(cfg_file)
     datamodule = factories().create_datamodule(cfg)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
@@ -1053,7 +1075,7 @@ def p3m(root: Path, tmp: Path, log: Path, count: int = 4000) -> dict:
             cfg = dataclasses.replace(
                 cfg, runtime=dataclasses.replace(cfg.runtime, preprocess_workers=2)
             )
-        out[str(size)] = run_probe(root, "--rssprobe", cfg, tmp / f"p3m-{size}.json", log)
+        out[str(size)] = run_probe(root, "--rssprobe", cfg, tmp / f"p3m-{size}.yaml", log)
         shutil.rmtree(raw)
     return out
 
@@ -1062,11 +1084,11 @@ def rssprobe(cfg_file: Path) -> None:
     """(subprocess) preprocess; print peak RSS of this process and its workers, in MB, as JSON."""
     import psutil
 
-    from mlt_project.config import Config, _build
+    from mlt_project.config import load_config
     from mlt_project.data import preprocess as stage
     from mlt_project.data import store
 
-    cfg = _build(Config, json.loads(cfg_file.read_text()), "", cfg_file)
+    cfg = load_config(cfg_file)
     image_bytes = int(np.prod(cfg.data.input_shape))
     if hasattr(store, "rows_per_group"):
         group_bytes = store.rows_per_group(cfg.data.input_shape) * image_bytes

@@ -48,6 +48,7 @@ EXPECTED_TREE = (
     "release/dvc.yaml",
     "src/{module}/__init__.py",
     "src/{module}/checkpoint.py",
+    "src/{module}/callbacks.py",
     "src/{module}/cli.py",
     "src/{module}/config.py",
     "src/{module}/data/__init__.py",

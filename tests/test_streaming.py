@@ -24,10 +24,11 @@ import yaml
 from PIL import Image
 
 from helpers import free_port
+from mlt_project.callbacks import quiet_warnings
 from mlt_project.config import load_config, read_params
 from mlt_project.data import preprocess as stage
 from mlt_project.data.store import split_path, write_chunks
-from mlt_project.factories import create_datamodule, create_model, create_trainer, quiet_warnings
+from mlt_project.factories import create_datamodule, create_model, create_trainer
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "template_configs" / "project" / "params.yaml"

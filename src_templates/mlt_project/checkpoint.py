@@ -1,4 +1,5 @@
-"""Checkpoint I/O without Lightning: read a checkpoint, check its format, rebuild its network.
+"""Checkpoint I/O without Lightning: read a checkpoint, check its format, rebuild its network;
+and save one (the trained model, a resume point) atomically.
 
 Evaluation, export and the release read trained networks through here, so none of them has to
 import Lightning (seconds of start-up) to run a network that is plain PyTorch.
@@ -8,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .errors import PipelineError
+from .fileio import atomic_output
 from .model.build import Network, build_network
 from .tensor_files import load_tensors
+
+if TYPE_CHECKING:  # no Lightning at run time: eval and export load without it
+    import lightning as L
 
 # Bump when a checkpoint's contents change incompatibly; readers refuse a newer format.
 # 2: the network's spec in hyper_parameters["network"]. 3: hyper_parameters["task"] and, for
@@ -121,3 +126,12 @@ def load_trained(cfg: Config, checkpoint: str | Path | None = None) -> Trained:
             "not finish): retrain with `dvc repro`"
         )
     return Trained(net.eval(), task, thresholds, dict(saved.get("weights", {})))
+
+
+def save_checkpoint(trainer: L.Trainer, path: str | Path) -> None:
+    """Save atomically. Under DDP every process calls save_checkpoint, and rank 0 writes."""
+    if trainer.is_global_zero:
+        with atomic_output(path) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)
+    else:
+        trainer.save_checkpoint(path, weights_only=False)

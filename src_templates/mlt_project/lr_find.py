@@ -20,9 +20,10 @@ import lightning as L
 from lightning.pytorch.tuner import Tuner
 
 from . import cli
+from .callbacks import quiet_warnings
 from .config import Config, load_config
 from .errors import PipelineError
-from .factories import create_datamodule, create_model, create_trainer, quiet_warnings
+from .factories import create_datamodule, create_model, create_trainer
 from .fileio import atomic_output
 from .logs import setup_logger
 

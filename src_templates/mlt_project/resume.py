@@ -26,16 +26,18 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from .checkpoint import CHECKPOINT_FORMAT, FORMAT_KEY, read_checkpoint
+from .callbacks import check_loss
+from .checkpoint import CHECKPOINT_FORMAT, FORMAT_KEY, read_checkpoint, save_checkpoint
 from .config import Config
 from .data.store import SPLITS, split_path
-from .errors import Interrupted, PipelineError
-from .fileio import atomic_output, sha256_file
+from .errors import Interrupted
+from .fileio import sha256_file
 
 # The code that decides what training computes, relative to the package: the train stage in
 # dvc.yaml lists the same files (a test keeps the two in step), so DVC retrains exactly when a
 # resume checkpoint stops fitting.
 TRAINING_CODE = (
+    "callbacks.py",
     "checkpoint.py",
     "config.py",
     "data/datamodule.py",
@@ -97,15 +99,6 @@ def find_resume(cfg: Config, fingerprint: str) -> Path | None:
         "resuming from %s: epoch %d, step %d", path, checkpoint["epoch"], checkpoint["global_step"]
     )
     return path
-
-
-def save_checkpoint(trainer: L.Trainer, path: str | Path) -> None:
-    """Save atomically. Under DDP every process calls save_checkpoint, and rank 0 writes."""
-    if trainer.is_global_zero:
-        with atomic_output(path) as tmp:
-            trainer.save_checkpoint(tmp, weights_only=False)
-    else:
-        trainer.save_checkpoint(path, weights_only=False)
 
 
 class ResumeCheckpoint(L.Callback):
@@ -206,16 +199,6 @@ class ResumeCheckpoint(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         self._restore = checkpoint.get("resume_state")
-
-
-def check_loss(outputs: Any, trainer: L.Trainer) -> None:
-    loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-    if loss is not None and not bool(torch.isfinite(loss).all()):
-        raise PipelineError(
-            f"training loss became {float(loss)} at epoch {trainer.current_epoch}, step "
-            f"{trainer.global_step}: lower training.lr (now {trainer.optimizers[0].defaults['lr']}) "
-            "or check the images; no model was written"
-        )
 
 
 def rng_states() -> dict[str, Any]:

@@ -15,22 +15,17 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from . import cli
+from .callbacks import KeepBest, quiet_warnings
+from .checkpoint import save_checkpoint
 from .config import Config, ConfigError
 from .data.store import split_path
 from .errors import Interrupted, PipelineError
-from .factories import (
-    KeepBest,
-    create_datamodule,
-    create_model,
-    create_trainer,
-    quiet_warnings,
-    use_channels_last,
-)
+from .factories import create_datamodule, create_model, create_trainer, use_channels_last
 from .logs import setup_logger
 from .model import objective
 from .model.classifier import ImageClassifier
 from .model.inference import predict_split
-from .resume import ResumeCheckpoint, find_resume, run_fingerprint, save_checkpoint
+from .resume import ResumeCheckpoint, find_resume, run_fingerprint
 
 
 def train(cfg: Config) -> dict[str, float]:

@@ -45,23 +45,6 @@ def rows_per_group(shape: tuple[int, ...], row_group_bytes: int = ROW_GROUP_BYTE
     return max(1, row_group_bytes // int(np.prod(shape)))
 
 
-def write_split(
-    path: Path,
-    images: np.ndarray,
-    labels: np.ndarray,
-    class_names: list[str],
-    file_names: list[str],
-) -> None:
-    """Write (N, C, H, W) uint8 images, their labels and source file names, atomically.
-
-    Labels of shape (N,) are class indices; (N, classes) are multi-hot (multilabel).
-    """
-    shape = tuple(images.shape[1:])
-    write_chunks(
-        path, [(images, labels, file_names)], shape, class_names, multilabel=labels.ndim == 2
-    )
-
-
 def write_chunks(
     path: Path,
     chunks: Iterable[tuple[np.ndarray, np.ndarray, list[str]]],
