@@ -520,7 +520,7 @@ def bare_train_epochs(cfg, epochs: int, channels_last: bool = False) -> list[flo
                 torch.save(state, tmp)
                 os.replace(tmp, checkpoint)
         bar.close()
-        writer.add_scalar("train/acc", float(train_acc.compute()), step)
+        writer.add_scalar("train/accuracy", float(train_acc.compute()), step)
         train_acc.reset()
         net.eval()
         val_loss = torch.zeros((), device=device)
@@ -537,7 +537,7 @@ def bare_train_epochs(cfg, epochs: int, channels_last: bool = False) -> list[flo
         row |= {"val_loss": float(val_loss) / len(val.labels), "val_acc": float(val_acc.compute())}
         val_acc.reset()
         writer.add_scalar("val/loss", row["val_loss"], step)
-        writer.add_scalar("val/acc", row["val_acc"], step)
+        writer.add_scalar("val/accuracy", row["val_acc"], step)
         rows.append(row)
         times.append(time.perf_counter() - start)
     writer.close()

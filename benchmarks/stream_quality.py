@@ -103,7 +103,9 @@ def main() -> None:
         mix = [len(set(y.tolist())) for _, y in datamodule.train_dataloader() if len(y) == batch]
         trainer = create_trainer(run_cfg, logger=False, enable_checkpointing=False)
         trainer.fit(create_model(run_cfg), datamodule=create_datamodule(run_cfg))
-        accuracy = float(trainer.callback_metrics["val/acc"])
+        accuracy = float(
+            trainer.callback_metrics.get("val/accuracy", trainer.callback_metrics.get("val/acc"))
+        )
         side = "streamed" if streaming else "in memory"
         print(f"{side}: {np.mean(mix):.2f} classes per batch (fewest {min(mix)}), "
               f"val accuracy {accuracy:.3f}", flush=True)  # fmt: skip

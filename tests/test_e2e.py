@@ -60,7 +60,7 @@ def test_pipeline_runs_all_stages_and_reaches_accuracy(project):
     reader = EventAccumulator(str(event_file))
     reader.Reload()
     tags = set(reader.Tags()["scalars"])
-    assert {"lr-AdamW", "train/loss", "val/acc", "train/acc"} <= tags, tags
+    assert {"lr-AdamW", "train/loss", "val/accuracy", "train/accuracy"} <= tags, tags
     assert "hp_metric" not in tags  # no placeholder -1 in TensorBoard
     assert "saved models/model.ckpt" in trained.repro_stderr  # the stages' logs are here
     assert "Tip:" not in trained.repro_stderr  # and no advertisement in them

@@ -375,3 +375,29 @@ def test_each_recipe_trains_an_epoch(project_copy, name):
     assert results["accuracy"] > 0.1  # better than chance on ten digits after one epoch
     if changes.get("training__ema_decay"):
         assert results["ema_decay"] == changes["training__ema_decay"]
+
+
+@pytest.mark.e2e
+def test_the_add_a_metric_recipe_reaches_training_logs_and_the_metrics(project_copy):
+    """PROJECT.md's "Add a metric", applied as written to a project: the new metric is logged
+    per epoch for val and lands in evaluation_results.json, from the one definition."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    guide = (project_copy / "PROJECT.md").read_text()
+    section = guide.split("\n### Add a metric\n", 1)[1].split("\n### ", 1)[0]
+    (replaced,) = re.findall(r"replace the last line\nof `metrics`, `(.+?)`", section)
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    objective = project_copy / "src" / MODULE / "model" / "objective.py"
+    source = objective.read_text()
+    assert source.count(f"    {replaced}\n") == 1, replaced
+    objective.write_text(source.replace(f"    {replaced}\n", code))
+    set_params(project_copy, training__max_epochs=2)
+    run("dvc", "repro", "train", "evaluate", cwd=project_copy, **project_env(project_copy))
+    results = json.loads((project_copy / "evaluation_results.json").read_text())
+    assert results["accuracy"] <= results["top2_accuracy"] <= 1, results  # top-2 >= top-1
+    (event_file,) = (project_copy / "logs").rglob("events.out.tfevents.*")
+    reader = EventAccumulator(str(event_file))
+    reader.Reload()
+    assert {"val/top2_accuracy", "train/top2_accuracy"} <= set(reader.Tags()["scalars"])
+    curve = [event.value for event in reader.Scalars("val/top2_accuracy")]
+    assert len(curve) == 2 and all(0 < value <= 1 for value in curve)

@@ -117,7 +117,7 @@ def val_accuracy(cfg) -> float:
     trainer = create_trainer(cfg, logger=False, enable_checkpointing=False)
     with quiet_warnings():
         trainer.fit(create_model(cfg), datamodule=create_datamodule(cfg))
-    return float(trainer.callback_metrics["val/acc"])
+    return float(trainer.callback_metrics["val/accuracy"])
 
 
 def test_one_streamed_epoch_reaches_the_in_memory_accuracy(hard_data):

@@ -76,7 +76,7 @@ class TrainingCurves(L.Callback):
         if not self.rows or self.rows[-1]["epoch"] != trainer.current_epoch:
             return
         logged = trainer.callback_metrics  # validation has run at this epoch's end
-        for column, name in (("val_loss", "val/loss"), ("val_acc", "val/acc")):
+        for column, name in (("val_loss", "val/loss"), ("val_acc", "val/accuracy")):
             if name in logged:
                 self.rows[-1][column] = round(float(logged[name]), 6)
 

@@ -175,6 +175,21 @@ def multilabel_confusion(
     ]
 
 
+def shared_metrics(
+    task: str, logits: torch.Tensor, labels: torch.Tensor, thresholds: list[float] | None
+) -> dict[str, float]:
+    """objective.metrics on the test split, as training logs them per epoch for val: multilabel
+    decisions are taken at the per-class thresholds here (0.5 while training)."""
+    if task == objective.MULTILABEL:
+        probs = objective.probabilities(task, logits)
+        scores = (probs >= torch.tensor(thresholds, dtype=probs.dtype)).float()
+    else:
+        scores = logits
+    targets = objective.hard_targets(task, labels)
+    found = objective.metrics(task, logits.shape[1])
+    return {name: round(float(metric(scores, targets)), 6) for name, metric in found.items()}
+
+
 def device_for(cfg: Config) -> torch.device:
     """The GPU when training.accelerator allows one and there is one, else the CPU."""
     wants_gpu = cfg.training.accelerator in ("auto", "gpu", "cuda")
@@ -211,6 +226,10 @@ def evaluate(cfg: Config) -> dict[str, object]:
         ]
         wrong = mistakes(logits, labels, class_names, file_names)
 
+    # The metrics of objective.metrics the report has no figure of its own for (multilabel
+    # accuracy, one a user added).
+    shared = shared_metrics(trained.task, logits, labels, trained.thresholds)
+    results |= {name: value for name, value in shared.items() if name not in results}
     # With the options that decide them, the weights' epoch and EMA (train.keep_final_weights).
     summary = {key: value for key, value in results.items() if key != "per_class"} | trained.weights
     with atomic_output(cfg.paths.metrics) as tmp:

@@ -57,8 +57,8 @@ class ImageClassifier(L.LightningModule):
         self.saving_final = False  # set by train.py: the checkpoint DVC tracks, without the average
         self.weights_record: dict[str, Any] = {}  # what train.py says the final weights are
         # No input checks in the training hot path: they cost a host sync per step on a GPU.
-        self.train_metrics = objective.training_metrics(task, num_classes, validate_args=False)
-        self.val_metrics = objective.training_metrics(task, num_classes)
+        self.train_metrics = objective.metrics(task, num_classes, validate_args=False)
+        self.val_metrics = objective.metrics(task, num_classes)
         self.thresholds: list[float] | None = None  # multilabel: set by train.py after fitting
 
     def setup(self, stage: str) -> None:

@@ -125,9 +125,19 @@ def hard_targets(task: str, targets: torch.Tensor) -> torch.Tensor:
     return targets.argmax(dim=1) if targets.is_floating_point() else targets
 
 
-def training_metrics(task: str, num_classes: int, validate_args: bool = True) -> nn.ModuleDict:
-    """The metrics logged per epoch as <stage>/<name>: acc (both tasks; for multilabel the share
-    of (image, class) decisions right at 0.5) and, for multilabel, f1 (macro F1 at 0.5)."""
+def metrics(task: str, num_classes: int, validate_args: bool = True) -> nn.ModuleDict:
+    """The metrics of each data.task, by name: the one place to add one (PROJECT.md, Add a metric).
+
+    Training logs each per epoch as train/<name> and val/<name> (TensorBoard, the progress bar);
+    evaluation computes it on the test split and writes it to evaluation_results.json as <name>,
+    where its own report (eval.py: the figures per class too) has no figure of that name. Each
+    takes what `scores` gives and hard targets (`hard_targets`); for multilabel, 0.5 decides
+    while training, the thresholds chosen on the validation split in evaluation.
+
+    accuracy  multiclass: the share of images whose top class is right (micro, as evaluation's);
+              multilabel: the share of (image, class) decisions that are right
+    macro_f1  multilabel: the mean F1 of the classes
+    """
     # Imported here: evaluation and export use this module without them.
     from torchmetrics.classification import (
         MulticlassAccuracy,
@@ -138,11 +148,14 @@ def training_metrics(task: str, num_classes: int, validate_args: bool = True) ->
     if task == MULTILABEL:
         return nn.ModuleDict(
             {
-                "acc": MultilabelAccuracy(num_classes, validate_args=validate_args),
-                "f1": MultilabelF1Score(num_classes, average="macro", validate_args=validate_args),
+                "accuracy": MultilabelAccuracy(num_classes, validate_args=validate_args),
+                "macro_f1": MultilabelF1Score(
+                    num_classes, average="macro", validate_args=validate_args
+                ),
             }
         )
-    return nn.ModuleDict({"acc": MulticlassAccuracy(num_classes, validate_args=validate_args)})
+    accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=validate_args)
+    return nn.ModuleDict({"accuracy": accuracy})
 
 
 def decide(task: str, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:

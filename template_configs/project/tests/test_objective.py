@@ -15,7 +15,13 @@ from PIL import Image
 
 from mlt_project.checkpoint import load_trained
 from mlt_project.data.preprocess import preprocess
-from mlt_project.eval import evaluate, multilabel_mistakes, multilabel_report
+from mlt_project.eval import (
+    classification_report,
+    evaluate,
+    multilabel_mistakes,
+    multilabel_report,
+    shared_metrics,
+)
 from mlt_project.factories import create_datamodule
 from mlt_project.model.objective import (
     average_precision,
@@ -94,6 +100,23 @@ def write_tagged_images(raw: Path, count: int = 60) -> None:
     (raw / "metadata.csv").write_text("\n".join(rows) + "\n")
 
 
+def test_the_metrics_training_logs_agree_with_the_evaluation_report():
+    """objective.metrics is what training logs as val/<name> and evaluation adds to its report:
+    where the report has the same figure, the two must agree."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(50, 4), torch.randint(0, 4, (50,))
+    report = classification_report(logits, labels, list("abcd"))
+    shared = shared_metrics("multiclass", logits, labels, None)
+    assert shared["accuracy"] == pytest.approx(report["accuracy"], abs=1e-6)
+    tags = (torch.rand(50, 3) < 0.4).float()
+    thresholds = [0.3, 0.5, 0.7]
+    shared = shared_metrics("multilabel", logits[:, :3], tags, thresholds)
+    decided = torch.sigmoid(logits[:, :3]) >= torch.tensor(thresholds)
+    assert shared["accuracy"] == pytest.approx((decided == tags.bool()).float().mean().item())
+    report = multilabel_report(logits[:, :3], tags, list("xyz"), thresholds)
+    assert shared["macro_f1"] == pytest.approx(report["macro_f1"], abs=1e-6)
+
+
 def test_multilabel_trains_chooses_thresholds_and_evaluates(cfg):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task="multilabel"))
     write_tagged_images(Path(cfg.paths.raw))
@@ -106,7 +129,7 @@ def test_multilabel_trains_chooses_thresholds_and_evaluates(cfg):
         assert targets.dtype == torch.float32 and targets.shape == (len(images), 3)
         assert set(targets.unique().tolist()) <= {0.0, 1.0}
     metrics = train(cfg)
-    assert {"val/acc", "val/f1"} <= set(metrics)
+    assert {"val/accuracy", "val/macro_f1"} <= set(metrics)
     trained = load_trained(cfg)
     assert trained.task == "multilabel" and len(trained.thresholds) == 3
     results = evaluate(cfg)

@@ -29,13 +29,13 @@ def test_train_then_evaluate_writes_checkpoint_curves_and_metrics(processed):
     cfg = processed
     metrics = train(cfg)
     assert Path(cfg.paths.model).is_file()
-    assert "val/acc" in metrics
+    assert "val/accuracy" in metrics
     curves = read_csv(cfg.paths.curves)
     assert [int(row["epoch"]) for row in curves] == list(range(cfg.training.max_epochs))
     for row in curves:
         assert all(math.isfinite(float(row[key])) for key in ("train_loss", "val_loss"))
         assert 0 <= float(row["val_acc"]) <= 1
-    assert float(curves[-1]["val_acc"]) == pytest.approx(metrics["val/acc"], abs=1e-6)
+    assert float(curves[-1]["val_acc"]) == pytest.approx(metrics["val/accuracy"], abs=1e-6)
 
     results = evaluate(cfg)
     summary = json.loads(Path(cfg.paths.metrics).read_text())
