@@ -17,9 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.utils.data import DistributedSampler
 
 from helpers import MODULE, REPO, project_env, run, set_params
-from mlt_project.data.resumable import BalancedDraws
+from mlt_project.data.resumable import BalancedDraws, SeededShuffle
 from mlt_project.model.build import build_network
 from mlt_project.model.classifier import make_optimizer, make_scheduler, parameter_groups
 from mlt_project.model.ema import ExponentialAverage
@@ -163,6 +164,25 @@ def test_the_average_follows_the_steps_and_averages_batchnorm_statistics():
 
 
 # ---------------------------------------------------------------- class-balanced draws
+
+
+def test_seeded_shuffle_shares_one_permutation_between_processes_and_reshuffles_each_epoch():
+    # One process: the permutation of (seed, epoch), as before DDP sharding, so results stand.
+    alone = SeededShuffle(10, seed=3)
+    generator = torch.Generator().manual_seed(3 * 1_000_003)
+    assert list(alone) == torch.randperm(10, generator=generator).tolist()
+    first = list(alone)
+    alone.set_epoch(1)
+    assert list(alone) != first and sorted(alone) == list(range(10))
+    # Two processes: disjoint halves of the same permutation; an odd count is padded.
+    for n in (10, 7):
+        shares = [list(SeededShuffle(n, seed=3, num_replicas=2, rank=rank)) for rank in (0, 1)]
+        assert [len(share) for share in shares] == [(n + 1) // 2] * 2
+        assert set(shares[0] + shares[1]) == set(range(n))
+        assert len(set(shares[0]) & set(shares[1])) == (n % 2)  # the padding repeats one index
+    # Lightning replaces any sampler that is no DistributedSampler by a wrapper that replays
+    # the sampler's first epoch in every epoch; a DistributedSampler it leaves in place.
+    assert isinstance(SeededShuffle(10, seed=3), DistributedSampler)
 
 
 def test_balanced_draws_are_seeded_by_epoch_resume_and_balance_the_classes():

@@ -14,29 +14,35 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
-class SeededShuffle(Sampler[int]):
-    """A permutation of range(n) seeded by (seed, epoch); Lightning calls set_epoch."""
+class SeededShuffle(DistributedSampler):
+    """A permutation of range(n) seeded by (seed, epoch); Lightning calls set_epoch.
 
-    def __init__(self, n: int, seed: int) -> None:
+    Under DDP every process draws the same permutation and takes every world-th index of it
+    (padded to a multiple of the world size, as DistributedSampler pads), so the shares never
+    overlap and each gets ceil(n / world). A DistributedSampler, so that Lightning leaves it in
+    place: its wrapper for other samplers would replay epoch 0's order in every epoch.
+    """
+
+    def __init__(self, n: int, seed: int, num_replicas: int | None = None, rank: int | None = None):
+        if num_replicas is None or rank is None:
+            distributed = dist.is_available() and dist.is_initialized()
+            num_replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=False)
         self.n = n
         self.seed = seed
-        self.epoch = 0
         self.skip = 0  # indices to leave out at the start of the next pass (a resumed epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator)
+        if self.total_size > self.n:
+            order = torch.cat([order, order[: self.total_size - self.n]])
+        mine = order[self.rank : self.total_size : self.num_replicas]
         skip, self.skip = self.skip, 0
-        yield from order[skip:].tolist()
-
-    def __len__(self) -> int:
-        return self.n
+        yield from mine[skip:].tolist()
 
 
 class BalancedDraws(DistributedSampler):
