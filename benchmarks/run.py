@@ -249,12 +249,10 @@ def bare_epoch(
     float(correct)  # the one host sync a loop that reports val accuracy needs
 
 
-def lightning_epochs(cfg, epochs: int) -> list[float]:
-    """Seconds per epoch of the generated project's trainer, from one train epoch to the next."""
+def epoch_clock():
+    """A Lightning callback noting the time at each train epoch's start and at the end, and the
+    list it notes them in."""
     import lightning as L
-
-    create_datamodule, create_model = factories().create_datamodule, factories().create_model
-    create_trainer = factories().create_trainer
 
     starts: list[float] = []
 
@@ -265,9 +263,20 @@ def lightning_epochs(cfg, epochs: int) -> list[float]:
         def on_train_end(self, trainer, pl_module) -> None:
             starts.append(time.perf_counter())
 
+    return EpochStarts(), starts
+
+
+def lightning_epochs(cfg, epochs: int) -> list[float]:
+    """Seconds per epoch of the generated project's trainer, from one train epoch to the next."""
+    import lightning as L
+
+    create_datamodule, create_model = factories().create_datamodule, factories().create_model
+    create_trainer = factories().create_trainer
+
+    clock, starts = epoch_clock()
     L.seed_everything(0)
     trainer = create_trainer(cfg, max_epochs=epochs)
-    trainer.callbacks.append(EpochStarts())
+    trainer.callbacks.append(clock)
     trainer.fit(create_model(cfg), datamodule=create_datamodule(cfg))
     return [b - a for a, b in itertools.pairwise(starts)]
 
@@ -283,9 +292,11 @@ def bare_epochs(cfg, epochs: int, train_acc: bool = False) -> list[float]:
     datamodule.setup("fit")
     train, val = datamodule.datasets["train"], datamodule.datasets["val"]
     model = create_model(cfg)
-    # The project's default optimizer (AdamW, torch's default weight decay 0.01), built directly:
+    # The project's optimizer (AdamW, the config's weight decay), built directly:
     # configure_optimizers needs a Trainer.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.training.lr, weight_decay=cfg.training.weight_decay
+    )
     metric = MulticlassAccuracy(cfg.data.num_classes, validate_args=False) if train_acc else None
     times = []
     for _ in range(epochs):
@@ -409,15 +420,7 @@ def train_like_epochs(cfg, epochs: int, channels_last: bool = False) -> list[flo
     import lightning as L
 
     module = factories()
-    starts: list[float] = []
-
-    class EpochStarts(L.Callback):
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            starts.append(time.perf_counter())
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            starts.append(time.perf_counter())
-
+    clock, starts = epoch_clock()
     L.seed_everything(0)
     trainer = module.create_trainer(cfg, max_epochs=epochs)
     handler = signal.getsignal(signal.SIGTERM)
@@ -429,7 +432,7 @@ def train_like_epochs(cfg, epochs: int, channels_last: bool = False) -> list[flo
         trainer.callbacks.append(resume)
     except ImportError:  # a checkout from before resumable training
         pass
-    trainer.callbacks.append(EpochStarts())
+    trainer.callbacks.append(clock)
     try:
         model = module.create_model(cfg)
         if channels_last:
