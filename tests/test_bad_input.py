@@ -107,6 +107,11 @@ def sampler_streamed(project: Path) -> None:
     edit_params("  streaming: auto ", "  streaming: true ")(project)
 
 
+def sampler_multilabel(project: Path) -> None:
+    edit_params("  class_balance: none ", "  class_balance: sampler ")(project)
+    edit_params("  task: multiclass", "  task: multilabel")(project)
+
+
 def no_setup(project: Path) -> None:
     pass
 
@@ -202,6 +207,7 @@ CASES = [
     Case("backbone lr factor without pretrained weights", "train", edit_params("  backbone_lr_factor: 1.0 ", "  backbone_lr_factor: 0.1 "), "backbone_lr_factor below 1 needs a pretrained backbone"),
     Case("channels_last not a switch", "train", edit_params("  channels_last: auto ", "  channels_last: yes-please "), 'channels_last must be true, false or "auto"'),
     Case("class-balanced sampler on streamed splits", "train", sampler_streamed, "training.class_balance: sampler needs the splits in memory, and they are streamed (runtime.streaming: true)"),
+    Case("class-balanced sampler for multilabel", "train", sampler_multilabel, "training.class_balance: sampler draws each image by its one class, and data.task: multilabel images have several: use training.class_balance: loss"),
     Case("batch larger than data", "train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
     Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
     Case("lr finder: range upside down", "lr_find", no_setup, "--min-lr 1 and --max-lr 0.01: need 0 < --min-lr < --max-lr", ("--min-lr", "1", "--max-lr", "0.01")),
