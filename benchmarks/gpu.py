@@ -81,7 +81,7 @@ def crash(tmp: Path, log: Path) -> dict:
 
 def imports(tmp: Path, log: Path) -> dict:
     modules = ["mlt_project.data.preprocess", "mlt_project.data.sample_data",
-               "mlt_project.predict", "mlt_project.eval", "mlt_project.train", "lightning"]  # fmt: skip
+               "mlt_project.serve.predict", "mlt_project.training.evaluate", "mlt_project.training.train", "lightning"]  # fmt: skip
     seconds = {}
     for module in modules:
         start = time.perf_counter()

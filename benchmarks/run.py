@@ -121,7 +121,7 @@ def _drain(fd: int) -> None:
 
 def base_config(root: Path, tmp: Path, **sections: dict):
     """The project's params.yaml, paths inside `tmp`, sections updated with `sections`."""
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
 
     cfg = load_config(root / "template_configs" / "project" / "params.yaml")
     paths = {f.name: str(tmp / f.name) for f in dataclasses.fields(cfg.paths)}
@@ -138,7 +138,7 @@ def base_config(root: Path, tmp: Path, **sections: dict):
 def quiet_warnings(factories_module):
     """The training warnings filter: in callbacks.py now, in the factories module before."""
     try:
-        from mlt_project.callbacks import quiet_warnings as found
+        from mlt_project.training.callbacks import quiet_warnings as found
     except ImportError:
         found = getattr(factories_module, "quiet_warnings", contextlib.nullcontext)
     return found
@@ -382,7 +382,7 @@ P7_RECIPE = {
 def missing_keys(root: Path, sections: dict) -> list[str]:
     """The `section.key`s of `sections` that the checkout's params.yaml does not have
     (base_config would drop them silently)."""
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
 
     cfg = load_config(root / "template_configs" / "project" / "params.yaml")
     return [
@@ -425,7 +425,7 @@ def train_like_epochs(cfg, epochs: int, channels_last: bool = False) -> list[flo
     trainer = module.create_trainer(cfg, max_epochs=epochs)
     handler = signal.getsignal(signal.SIGTERM)
     try:
-        from mlt_project.resume import ResumeCheckpoint, run_fingerprint
+        from mlt_project.training.resume import ResumeCheckpoint, run_fingerprint
 
         every = cfg.runtime.checkpoint_every_n_steps
         resume = ResumeCheckpoint(cfg.paths.resume_checkpoint, run_fingerprint(cfg), every)
@@ -853,7 +853,7 @@ def memprobe(cfg_file: Path) -> None:
     """(subprocess) train one epoch; print how far RSS rose above where it was before, in bytes."""
     import psutil
 
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
 
     create_datamodule, create_model = factories().create_datamodule, factories().create_model
     create_trainer = factories().create_trainer
@@ -1001,7 +1001,7 @@ def streamprobe(cfg_file: Path) -> None:
     loader workers over this process before, in MB, as JSON."""
     import psutil
 
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
 
     cfg = load_config(cfg_file)
     datamodule = factories().create_datamodule(cfg)
@@ -1087,7 +1087,7 @@ def rssprobe(cfg_file: Path) -> None:
     """(subprocess) preprocess; print peak RSS of this process and its workers, in MB, as JSON."""
     import psutil
 
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
     from mlt_project.data import preprocess as stage
     from mlt_project.data import store
 
@@ -1141,11 +1141,11 @@ def p4(root: Path, tmp: Path, log: Path) -> dict:
     model = create_model(cfg).eval()
     onnx_file = tmp / "model.onnx"
     try:  # the project's own export (issue 3), when this checkout has it
-        from mlt_project.onnx_export import export_onnx, onnx_session, run_onnx, run_torch
+        from mlt_project.serve.onnx_export import export_onnx, onnx_session, run_onnx, run_torch
 
         with quiet(log):
             export_onnx(model, onnx_file, cfg.data.input_shape, cfg.release.onnx_opset)
-        session, source = onnx_session(onnx_file), "mlt_project.onnx_export"
+        session, source = onnx_session(onnx_file), "mlt_project.serve.onnx_export"
     except ImportError:
         import onnxruntime as ort
 

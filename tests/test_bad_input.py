@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from helpers import MODULE, REPO, one_error_line, run
-from mlt_project.config import load_config
+from mlt_project.base.config import load_config
 from mlt_project.data.preprocess import preprocess
 from mlt_project.data.store import read_split, split_path
 

@@ -24,7 +24,7 @@ from mlt_project.data.store import (
     split_info,
     write_chunks,
 )
-from mlt_project.errors import PipelineError
+from mlt_project.base.errors import PipelineError
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src_templates"
@@ -157,7 +157,7 @@ def test_data_stages_import_neither_torch_nor_lightning():
 
 
 def test_evaluation_and_export_run_the_network_without_lightning():
-    modules = "mlt_project.eval, mlt_project.checkpoint, mlt_project.scripts.release"
+    modules = "mlt_project.training.evaluate, mlt_project.model.checkpoint, mlt_project.scripts.release"
     assert heavy_imports(modules, {"lightning", "torchmetrics", "torchvision"}) == set()
 
 
@@ -165,7 +165,7 @@ def test_the_spot_reclaim_path_and_inference_import_no_torch():
     # entrypoint.sh runs checkpoint_sync on SIGTERM with seconds to spare; predict and the AWS
     # scripts run where only ONNX Runtime is installed.
     modules = (
-        "mlt_project.scripts.checkpoint_sync, mlt_project.distributed, mlt_project.predict, "
+        "mlt_project.scripts.checkpoint_sync, mlt_project.scripts.distributed, mlt_project.serve.predict, "
         "mlt_project.scripts.batch, mlt_project.scripts.dvc_remote, "
         "mlt_project.scripts.register_model"
     )

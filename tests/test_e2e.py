@@ -122,7 +122,7 @@ def test_lr_find_suggests_a_rate_in_its_range_and_changes_no_file_of_the_project
     before = {name: (project_copy / name).read_bytes() for name in kept}
     logs = sorted(p.relative_to(project_copy) for p in (project_copy / "logs").rglob("*"))
 
-    found = sh(sys.executable, "-m", f"{MODULE}.lr_find", "--min-lr", "1e-5", "--max-lr", "1",
+    found = sh(sys.executable, "-m", f"{MODULE}.training.lr_find", "--min-lr", "1e-5", "--max-lr", "1",
                cwd=project_copy)  # fmt: skip
     assert found.returncode == 0, found.stderr[-3000:]
     (line,) = [line for line in found.stdout.splitlines() if line.startswith("suggested lr: ")]
@@ -149,8 +149,8 @@ def test_replacing_the_weights_file_retrains_and_one_elsewhere_is_refused(projec
     paths.weights, is a dependency of train, so `dvc status` sees a replaced file."""
     import torch
 
-    from mlt_project.config import load_config
-    from mlt_project.factories import create_model
+    from mlt_project.base.config import load_config
+    from mlt_project.training.factories import create_model
 
     def save_weights(path: Path, seed: int) -> None:
         torch.manual_seed(seed)
@@ -175,13 +175,13 @@ def test_replacing_the_weights_file_retrains_and_one_elsewhere_is_refused(projec
     elsewhere = project_copy / "start.pt"
     weights.rename(elsewhere)
     set_params(project_copy, model__weights_file=str(elsewhere))
-    refused = sh(sys.executable, "-m", f"{MODULE}.train", cwd=project_copy)
+    refused = sh(sys.executable, "-m", f"{MODULE}.training.train", cwd=project_copy)
     one_error_line(refused, "model.weights_file", "is outside paths.weights (weights/)")
 
 
 def test_train_depends_on_the_code_the_resume_fingerprint_hashes(project):
     host, _ = project
-    from mlt_project.resume import TRAINING_CODE
+    from mlt_project.training.resume import TRAINING_CODE
 
     stages = yaml.safe_load((host / "dvc.yaml").read_text())["stages"]
     code = [dep for dep in stages["train"]["deps"] if dep.startswith(f"src/{MODULE}/")]

@@ -218,7 +218,7 @@ def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy, rn
     # identity, so the fixture's run stays the reference.
     set_params(project_copy, runtime__checkpoint_every_n_steps=7)
     resume = project_copy / "checkpoints" / "last.ckpt"
-    training = start([sys.executable, "-m", f"{MODULE}.train"], project_copy)
+    training = start([sys.executable, "-m", f"{MODULE}.training.train"], project_copy)
     wait_for(resume, training)
     # Soon: on an idle machine the whole run takes a few seconds, and a kill during its shutdown
     # (resume file already removed) would find nothing to resume.
@@ -231,7 +231,7 @@ def test_sigkill_mid_epoch_resumes_from_the_periodic_checkpoint(project_copy, rn
     result = run(
         sys.executable,
         "-m",
-        f"{MODULE}.train",
+        f"{MODULE}.training.train",
         cwd=project_copy,
         PYTHONPATH=str(project_copy / "src"),
     )
@@ -252,7 +252,7 @@ def test_streamed_training_killed_mid_epoch_resumes_exactly(project_copy, rng):
         project_copy / "models" / "model.ckpt",
         project_copy / "checkpoints" / "last.ckpt",
     )
-    train = [sys.executable, "-m", f"{MODULE}.train"]
+    train = [sys.executable, "-m", f"{MODULE}.training.train"]
     run(*train, cwd=project_copy, PYTHONPATH=str(project_copy / "src"))
     expected = weights(model)  # streaming reads in another order than the fixture's run
     model.unlink()

@@ -138,7 +138,7 @@ def test_sigkilled_streamed_training_resumes_to_the_same_model_and_thresholds(mu
         runtime__checkpoint_every_n_steps=7,  # 6 steps per epoch: mid-epoch checkpoints
     )
     model, resume = root / "models/model.ckpt", root / "checkpoints/last.ckpt"
-    train = [sys.executable, "-m", f"{MODULE}.train"]
+    train = [sys.executable, "-m", f"{MODULE}.training.train"]
     in_project(root, *train)
     expected = checkpoint(model)
     model.unlink()
@@ -213,7 +213,7 @@ def test_export_gate_upload_and_predict_give_an_image_all_its_tags(
     out = tmp_path / "predicted.csv"
     raw = root / "data" / "raw"
     run(
-        sys.executable, "-m", f"{MODULE}.predict", raw / "images", "--out", out,
+        sys.executable, "-m", f"{MODULE}.serve.predict", raw / "images", "--out", out,
         "--model", downloaded / "model.onnx", cwd=tmp_path,
     )  # fmt: skip
     rows = read_csv(out)

@@ -21,16 +21,16 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from helpers import MODULE, REPO, env, run, set_params
-from mlt_project.checkpoint import load_network
-from mlt_project.config import Config, load_config
+from mlt_project.model.checkpoint import load_network
+from mlt_project.base.config import Config, load_config
 from mlt_project.data.preprocess import preprocess
 from mlt_project.data.store import read_split, split_path
-from mlt_project.errors import PipelineError
-from mlt_project.eval import evaluate
-from mlt_project.factories import create_model
+from mlt_project.base.errors import PipelineError
+from mlt_project.training.evaluate import evaluate
+from mlt_project.training.factories import create_model
 from mlt_project.model.augment import BatchAugment
-from mlt_project.model.classifier import make_scheduler
-from mlt_project.train import train
+from mlt_project.training.module import make_scheduler
+from mlt_project.training.train import train
 
 PARAMS = REPO / "template_configs" / "project" / "params.yaml"
 RESNET18_FILE = "resnet18-f37072fd.pth"  # the name torchvision's IMAGENET1K_V1 weights have
@@ -196,7 +196,7 @@ def test_the_backbone_trains_only_after_the_frozen_epochs(tmp_path):
 
     import lightning as L
 
-    from mlt_project.factories import create_datamodule, create_trainer
+    from mlt_project.training.factories import create_datamodule, create_trainer
 
     seen: list[dict[str, bool]] = []
 
@@ -250,7 +250,7 @@ def test_horizontal_flip_alone_mirrors_about_half_of_the_images():
 
 def test_evaluation_and_export_ignore_augmentation_settings(tmp_path):
     """One fixed checkpoint, evaluated and exported under params with and without augment."""
-    from mlt_project.onnx_export import export_onnx
+    from mlt_project.serve.onnx_export import export_onnx
 
     plain = config(tmp_path, model={"name": "cnn"}, data={"image_size": [16, 16], "channels": 3})
     write_images(Path(plain.paths.raw))
@@ -390,7 +390,7 @@ def test_resume_is_exact_with_augmentation_a_schedule_and_a_cnn(project_copy):
     params.write_text(
         params.read_text().replace("width: 32", "width: 8").replace("blocks: 3", "blocks: 2")
     )
-    train_cmd = (sys.executable, "-m", f"{MODULE}.train")
+    train_cmd = (sys.executable, "-m", f"{MODULE}.training.train")
     run(*train_cmd, cwd=project_copy)
     model = project_copy / "models" / "model.ckpt"
     expected = torch.load(model, map_location="cpu", weights_only=False)["state_dict"]
@@ -427,7 +427,7 @@ def test_the_evaluation_report_agrees_with_torchmetrics():
         multiclass_recall,
     )
 
-    from mlt_project.eval import classification_report
+    from mlt_project.training.evaluate import classification_report
 
     torch.manual_seed(0)
     labels = torch.randint(0, 5, (300,))

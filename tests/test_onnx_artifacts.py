@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from helpers import REPO
-from mlt_project.config import DataConfig
-from mlt_project.errors import PipelineError
-from mlt_project.onnx_export import check_parity, export_onnx, onnx_files, staged_export
-from mlt_project.onnx_runtime import onnx_session, run_onnx
-from mlt_project.predict import image_batches
+from mlt_project.base.config import DataConfig
+from mlt_project.base.errors import PipelineError
+from mlt_project.serve.onnx_export import check_parity, export_onnx, onnx_files, staged_export
+from mlt_project.serve.onnx_runtime import onnx_session, run_onnx
+from mlt_project.serve.predict import image_batches
 
 SHAPE = (1, 8, 8)
 
@@ -186,7 +186,7 @@ def test_predict_imports_neither_torch_nor_lightning():
     heavy = ("torch", "lightning", "pytorch_lightning", "torchmetrics", "torchvision")
     code = (
         "import sys\n"
-        "import mlt_project.predict\n"
+        "import mlt_project.serve.predict\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))\n"
     )
     result = subprocess.run(

@@ -20,12 +20,12 @@ import yaml
 from torch.utils.data import DistributedSampler
 
 from helpers import MODULE, REPO, project_env, run, set_params
-from mlt_project.data.resumable import BalancedDraws, SeededShuffle
+from mlt_project.training.resumable import BalancedDraws, SeededShuffle
 from mlt_project.model.build import build_network
-from mlt_project.model.classifier import make_optimizer, make_scheduler, parameter_groups
+from mlt_project.training.module import make_optimizer, make_scheduler, parameter_groups
 from mlt_project.model.ema import ExponentialAverage
 from mlt_project.model.mix import BatchMix
-from mlt_project.model.objective import class_weights, make_loss
+from mlt_project.base.tasks import class_weights, make_loss
 
 # ---------------------------------------------------------------- the loss
 
@@ -281,13 +281,13 @@ def test_every_option_at_once_trains_the_cnn_to_085_and_keeps_the_best_average(a
 
 @pytest.mark.e2e
 def test_every_option_at_once_exports_through_the_gate_and_predicts_as_eval(all_on, tmp_path):
-    export = run(sys.executable, "-m", f"{MODULE}.scripts.export", cwd=all_on,
+    export = run(sys.executable, "-m", f"{MODULE}.release.export", cwd=all_on,
                  **project_env(all_on))  # fmt: skip
     assert "parity" in export.stderr, export.stderr[-2000:]
     info = json.loads((all_on / "releases" / "model_info.json").read_text())
     assert info["metrics"]["ema_decay"] == 0.99
     out = tmp_path / "predictions.csv"
-    run(sys.executable, "-m", f"{MODULE}.predict", "data/processed/test.parquet", "--out", out,
+    run(sys.executable, "-m", f"{MODULE}.serve.predict", "data/processed/test.parquet", "--out", out,
         cwd=all_on, **project_env(all_on))  # fmt: skip
     with out.open() as f:
         predicted = [row["predicted"] for row in csv.DictReader(f)]
@@ -307,7 +307,7 @@ def test_every_option_at_once_resumes_bit_identically_after_sigkill(all_on, tmp_
     expected_record = torch.load(all_on / "models" / "model.ckpt", weights_only=True)["weights"]
     set_params(root, runtime__checkpoint_every_n_steps=every)
     resume = root / "checkpoints" / "last.ckpt"
-    train = [sys.executable, "-m", f"{MODULE}.train"]
+    train = [sys.executable, "-m", f"{MODULE}.training.train"]
     training = subprocess.Popen(train, cwd=root, env=project_env(root),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 300
@@ -387,8 +387,8 @@ def test_each_recipe_trains_an_epoch(project_copy, name):
         set_params(project_copy, model__weights_file="weights/imagenet.pt")
     run(sys.executable, "-m", f"{MODULE}.data.preprocess", cwd=project_copy, **env)
     start = time.perf_counter()
-    run(sys.executable, "-m", f"{MODULE}.train", cwd=project_copy, **env)
-    run(sys.executable, "-m", f"{MODULE}.eval", cwd=project_copy, **env)
+    run(sys.executable, "-m", f"{MODULE}.training.train", cwd=project_copy, **env)
+    run(sys.executable, "-m", f"{MODULE}.training.evaluate", cwd=project_copy, **env)
     results = json.loads((project_copy / "evaluation_results.json").read_text())
     print(f"recipe {name!r}, one epoch: test accuracy {results['accuracy']:.4f} "
           f"({time.perf_counter() - start:.0f} s)")  # fmt: skip

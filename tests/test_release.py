@@ -428,7 +428,7 @@ def predictions_there(folder: Path, images: Path, model: str | None = None) -> s
     """predict's CSV, run with `folder` as the working directory."""
     where = ["--model", model] if model else []
     out = folder / "predictions.csv"
-    run("python", "-m", f"{MODULE}.predict", images, *where, "--out", out, cwd=folder)
+    run("python", "-m", f"{MODULE}.serve.predict", images, *where, "--out", out, cwd=folder)
     return out.read_text()
 
 
@@ -476,7 +476,7 @@ def test_external_data_release_round_trip(released, tmp_path):
     # Without its data file the model is not usable: the file really carries the weights.
     (downloaded / data_name).unlink()
     failed = run(
-        "python", "-m", f"{MODULE}.predict", images, "--model", "model.onnx", "--out", "p.csv",
+        "python", "-m", f"{MODULE}.serve.predict", images, "--model", "model.onnx", "--out", "p.csv",
         cwd=downloaded, check=False,
     )  # fmt: skip
     one_error_line(failed, "ONNX Runtime cannot load model.onnx")
@@ -526,7 +526,7 @@ def test_dvc_push_then_pull_with_credentials_only_in_dot_env(released, tmp_path)
 
 def predict(r: Released, source: Path | str, out: Path, *args: str, check: bool = True):
     return run(
-        "python", "-m", f"{MODULE}.predict", source, "--out", out, *args, cwd=r.root, check=check
+        "python", "-m", f"{MODULE}.serve.predict", source, "--out", out, *args, cwd=r.root, check=check
     )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import MODULE, run
-from mlt_project.errors import REDACTED, RedactSecrets, redact
+from mlt_project.base.errors import REDACTED, RedactSecrets, redact
 
 # What a leaked credential looks like (the patterns of gitleaks and GitHub secret scanning).
 CREDENTIALS = {
@@ -129,7 +129,7 @@ def test_log_lines_are_redacted(monkeypatch):
 def test_an_error_message_never_shows_a_secret(project_copy):
     """A secret pasted into the wrong variable: the message names the variable, not the value."""
     result = run(
-        sys.executable, "-m", f"{MODULE}.distributed", cwd=project_copy, check=False,
+        sys.executable, "-m", f"{MODULE}.scripts.distributed", cwd=project_copy, check=False,
         PYTHONPATH=str(project_copy / "src"),
         AWS_SECRET_ACCESS_KEY=FAKE_SECRET, MASTER_PORT=FAKE_SECRET,
         AWS_BATCH_JOB_NODE_INDEX="0", AWS_BATCH_JOB_NUM_NODES="1", AWS_BATCH_JOB_MAIN_NODE_INDEX="0",

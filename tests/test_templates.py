@@ -100,7 +100,7 @@ def test_readme_params_table_names_every_key_of_config_py():
     import dataclasses
     import typing
 
-    from mlt_project.config import Config
+    from mlt_project.base.config import Config
 
     expected = {
         name: {

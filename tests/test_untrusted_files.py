@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from helpers import MODULE, REPO, one_error_line, sh
-from mlt_project.config import load_config
-from mlt_project.errors import PipelineError
-from mlt_project.factories import create_model
+from mlt_project.base.config import load_config
+from mlt_project.base.errors import PipelineError
+from mlt_project.training.factories import create_model
 
 
 class RunsCode:
@@ -73,7 +73,7 @@ def test_an_unreadable_resume_checkpoint_stops_training_and_is_kept(
         path.mkdir()  # reading it fails with an I/O error, as a failing disk would
     else:
         path.write_bytes(contents)
-    result = sh("python", "-m", f"{MODULE}.train", cwd=project_copy)
+    result = sh("python", "-m", f"{MODULE}.training.train", cwd=project_copy)
     line = one_error_line(result, "checkpoints/last.ckpt", *fragments, among_output=True)
     if contents is None:
         assert "delete" not in line, "an I/O error says nothing about the file's contents"
