@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from helpers import FAKE_AWS, MODULE, NO_AWS, one_error_line, set_params, sh
+from mlt_project.base.errors import PipelineError
 from mlt_project.deploy.aws.cluster import node_env, shell_exports
 from mlt_project.training.factories import require_rendezvous
-from mlt_project.base.errors import PipelineError
 
 BATCH_VARS = {
     "AWS_BATCH_JOB_NODE_INDEX": "0",

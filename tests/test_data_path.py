@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mlt_project.base.errors import PipelineError
 from mlt_project.data.store import (
     pixels_of,
     read_file_names,
@@ -24,7 +25,6 @@ from mlt_project.data.store import (
     split_info,
     write_chunks,
 )
-from mlt_project.base.errors import PipelineError
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src_templates"
@@ -157,7 +157,9 @@ def test_data_stages_import_neither_torch_nor_lightning():
 
 
 def test_evaluation_and_export_run_the_network_without_lightning():
-    modules = "mlt_project.training.evaluate, mlt_project.model.checkpoint, mlt_project.scripts.release"
+    modules = (
+        "mlt_project.training.evaluate, mlt_project.model.checkpoint, mlt_project.scripts.release"
+    )
     assert heavy_imports(modules, {"lightning", "torchmetrics", "torchvision"}) == set()
 
 

@@ -21,14 +21,14 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from helpers import MODULE, REPO, env, run, set_params
-from mlt_project.model.checkpoint import load_network
 from mlt_project.base.config import Config, load_config
+from mlt_project.base.errors import PipelineError
 from mlt_project.data.preprocess import preprocess
 from mlt_project.data.store import read_split, split_path
-from mlt_project.base.errors import PipelineError
+from mlt_project.model.augment import BatchAugment
+from mlt_project.model.checkpoint import load_network
 from mlt_project.training.evaluate import evaluate
 from mlt_project.training.factories import create_model
-from mlt_project.model.augment import BatchAugment
 from mlt_project.training.module import make_scheduler
 from mlt_project.training.train import train
 

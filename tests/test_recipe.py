@@ -20,12 +20,12 @@ import yaml
 from torch.utils.data import DistributedSampler
 
 from helpers import MODULE, REPO, project_env, run, set_params
-from mlt_project.training.resumable import BalancedDraws, SeededShuffle
+from mlt_project.base.tasks import class_weights, make_loss
 from mlt_project.model.build import build_network
-from mlt_project.training.module import make_optimizer, make_scheduler, parameter_groups
 from mlt_project.model.ema import ExponentialAverage
 from mlt_project.model.mix import BatchMix
-from mlt_project.base.tasks import class_weights, make_loss
+from mlt_project.training.module import make_optimizer, make_scheduler, parameter_groups
+from mlt_project.training.resumable import BalancedDraws, SeededShuffle
 
 # ---------------------------------------------------------------- the loss
 

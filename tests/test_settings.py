@@ -12,8 +12,8 @@ import yaml
 from helpers import REPO
 from mlt_project.base import env
 from mlt_project.base.errors import PipelineError
-from mlt_project.serve.onnx_runtime import INFO_FILE, MODEL_FILE
 from mlt_project.deploy.aws import settings as aws
+from mlt_project.serve.onnx_runtime import INFO_FILE, MODEL_FILE
 
 OLD_NAMES = ("DVC_S3_BUCKET_NAME", "MODEL_RELEASE_S3_BUCKET", "MODEL_RELEASE_S3_PREFIX")
 

@@ -24,10 +24,10 @@ import yaml
 from PIL import Image
 
 from helpers import free_port
-from mlt_project.training.callbacks import quiet_warnings
 from mlt_project.base.config import load_config, read_params
 from mlt_project.data import preprocess as stage
 from mlt_project.data.store import split_path, write_chunks
+from mlt_project.training.callbacks import quiet_warnings
 from mlt_project.training.factories import create_datamodule, create_model, create_trainer
 
 REPO = Path(__file__).resolve().parent.parent
