@@ -641,14 +641,16 @@ def merge_moved(
     outcome, note, result, _ = merge_part(ours, base[0], theirs[0], labels)
     if outcome == "conflict" and result is None:  # markers left in it, or a binary file
         return outcome, f"{moved}: {note}", [], True
+    # As for an update: the user's mode, unless the template changed it.
     mode = current.stat().st_mode & 0o777 if base[1] == theirs[1] else theirs[1]
     writes = [Planned(new, ours if result is None else result, mode, "create")]
     if ours == base[0]:
         return "moved", moved, [*writes, Planned(old, b"", 0, "delete")], True
-    left = f"{old.as_posix()} left in place: delete it once you have checked"
+    left = f"{old.as_posix()} left in place"
     if outcome == "conflict":
         return outcome, f"{moved}: {note}; {left}", writes, True
-    return "moved", f"{moved}, merged with your changes; {left}", writes, True
+    note = f"{moved}, merged with your changes; {left}: delete it once you have checked"
+    return "moved", note, writes, True
 
 
 def update_plan(target: Path, values: dict[str, str], torch: str, old: str, new: str):
