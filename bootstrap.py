@@ -607,7 +607,7 @@ def find_moves(
     table = {dest(a): dest(b) for a, b in MOVED.items()}
     fixed = SEED_FILES | MERGED_FILES
     moves: dict[Path, Path] = {}
-    for old in sorted(set(table) & set(before) - set(after) - fixed):
+    for old in sorted(set(table).intersection(before) - set(after) - fixed):
         new, seen = table[old], {old}
         while new not in after and new in table and new not in seen:
             seen.add(new)

@@ -799,7 +799,8 @@ def test_failed_update_undoes_a_move(moving_host, moving, monkeypatch):
     monkeypatch.setattr(bootstrap, "write_atomic", flaky_write)
     with pytest.raises(OSError):
         bootstrap.main(["--target", str(moving_host), "--update"])
-    # scoring/scores.py was written and scores.py deleted before labels failed: both undone.
+    # scoring/scores.py was written and scores.py deleted before labels failed: both undone
+    # (the third write puts the old scores.py back).
     assert calls == ["scores.py", "labels.py", "scores.py"]
     assert {k: v[:2] for k, v in snapshot(moving_host).items()} == {
         k: v[:2] for k, v in before.items()
