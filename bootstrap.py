@@ -61,6 +61,15 @@ BLOCK_RE = re.compile(
     rb"^# >>> ml-aws-template\b[^\n]*\n(.*?)^# <<< ml-aws-template\b[^\n]*(?:\n|\Z)",
     re.DOTALL | re.MULTILINE,
 )
+# Files the template moved, {old destination: new destination}, written as destinations are
+# before rendering (with the tokens, e.g. "src/mlt_project/eval.py"). --update merges a project's
+# old file into the new one (merge_moved), so the user's edits move with it. Like MANIFEST, this
+# is a contract between versions: entries accumulate and are never removed, and a project several
+# versions back follows the chain (a -> b in one release, b -> c in a later one: a goes to c).
+# To move a file, `git mv` it in the template and add `"old": "new",` here in the same commit; to
+# move it again later, add `"b": "c",` and keep `"a": "b",`. Give each new destination one old
+# one. The ignore files (MERGED_FILES) and SEED_FILES never move.
+MOVED: dict[str, str] = {}
 TORCH_VARIANTS = ("cu128", "cpu")
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".DS_Store"}
 
@@ -398,6 +407,8 @@ Read PROJECT.md (the project guide) for the data, the layout and the release flo
 # extracted into a temporary folder and rendered by *this* file's code, not by the old
 # bootstrap.py, so the MANIFEST and the two tokens are the contract between versions and a fix
 # to rendering reaches both sides of the merge. A MANIFEST folder the old tree lacks is empty.
+# A file is merged by its destination; one the template moved (MOVED) is merged from the
+# project's old path into the new one.
 
 ADOPT_HINT = (
     "run `python3 .ml-aws-template/bootstrap.py --adopt VERSION` with the template commit the "
@@ -575,21 +586,97 @@ def merge_file(
     return outcome, note, Planned(path, part.place(result), mode, "overwrite"), True
 
 
+def find_moves(
+    target: Path,
+    values: dict[str, str],
+    before: dict[Path, tuple[bytes, int]],
+    after: dict[Path, tuple[bytes, int]],
+) -> dict[Path, Path]:
+    """{new path: old path} for the files MOVED moves between the old render and the new one.
+
+    A chain of entries is followed to the first path the new render has. A move needs its old
+    path in the old render only and its new path in the new render only. Where the host has a
+    file at the new path already (the user's own), there is no move, so that neither file is
+    overwritten: the old path is `removed` (deleted only if unchanged) and the new one is merged
+    against nothing, a conflict unless identical, as for any file the host has.
+    """
+
+    def dest(path: str) -> Path:
+        return Path(render(path.encode(), values, set()).decode())
+
+    table = {dest(a): dest(b) for a, b in MOVED.items()}
+    fixed = SEED_FILES | MERGED_FILES
+    moves: dict[Path, Path] = {}
+    for old in sorted(set(table).intersection(before) - set(after) - fixed):
+        new, seen = table[old], {old}
+        while new not in after and new in table and new not in seen:
+            seen.add(new)
+            new = table[new]
+        taken = set(before) | fixed | set(moves)
+        if new in after and new not in taken and not (target / new).exists():
+            moves[new] = old
+    return moves
+
+
+def merge_moved(
+    target: Path,
+    old: Path,
+    new: Path,
+    base: tuple[bytes, int],
+    theirs: tuple[bytes, int],
+    labels: tuple[str, ...],
+) -> tuple[str, str, list[Planned], bool]:
+    """(outcome, note, writes, listed) for a file the template moved from `old` to `new`.
+
+    The user's file at `old` is merged with base = the old render of `old` and theirs = the new
+    render of `new`, and written to `new`; `old` is deleted only where the user never changed it.
+    """
+    check_kind(target, old)
+    check_kind(target, new)
+    current = target / old
+    moved = f"from {old.as_posix()}"
+    if not current.exists():
+        return "kept", f"{moved}: you deleted it", [], True
+    ours = current.read_bytes()
+    outcome, note, result, _ = merge_part(ours, base[0], theirs[0], labels)
+    if outcome == "conflict" and result is None:  # markers left in it, or a binary file
+        return outcome, f"{moved}: {note}", [], True
+    # As for an update: the user's mode, unless the template changed it.
+    mode = current.stat().st_mode & 0o777 if base[1] == theirs[1] else theirs[1]
+    writes = [Planned(new, ours if result is None else result, mode, "create")]
+    if ours == base[0]:
+        return "moved", moved, [*writes, Planned(old, b"", 0, "delete")], True
+    left = f"{old.as_posix()} left in place"
+    if outcome == "conflict":
+        return outcome, f"{moved}: {note}; {left}", writes, True
+    note = f"{moved}, merged with your changes; {left}: delete it once you have checked"
+    return "moved", note, writes, True
+
+
 def update_plan(target: Path, values: dict[str, str], torch: str, old: str, new: str):
     """(path, outcome, note, listed) rows, and the writes that carry old -> new into target.
 
-    The host's own README.md and .dvc/config are no part of it (see SEED_FILES).
+    The host's own README.md and .dvc/config are no part of it (see SEED_FILES). A moved file
+    has one row, on its new path.
     """
     before = render_version(values, torch, old)
     after = render_tree(values, torch)
+    moves = find_moves(target, values, before, after)
     labels = ("yours", f"template {old[:8]}", f"template {new[:8]}")
     rows, writes = [], []
-    for path in sorted((set(before) | set(after)) - SEED_FILES):
-        outcome, note, write, listed = merge_file(
-            target, path, before.get(path), after.get(path), labels
-        )
+    for path in sorted((set(before) | set(after)) - SEED_FILES - set(moves.values())):
+        if path in moves:
+            source = moves[path]
+            outcome, note, changes, listed = merge_moved(
+                target, source, path, before[source], after[path], labels
+            )
+        else:
+            outcome, note, write, listed = merge_file(
+                target, path, before.get(path), after.get(path), labels
+            )
+            changes = [write] if write else []
         rows.append((path, outcome, note, listed))
-        writes += [write] if write else []
+        writes += changes
     return rows, writes
 
 

@@ -2,7 +2,8 @@
 
 The template repo has two real commits: A is this working tree, B changes, adds and removes
 template files. A project is baked at A (once per module, then copied), the user edits it, the
-submodule is checked out at B, and the script runs as a user runs it.
+submodule is checked out at B, and the script runs as a user runs it. The files the template
+moves (bootstrap.MOVED) get a template repo of their own, whose commits move two modules.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import bootstrap
 from helpers import bootstrap as run_bootstrap
 from helpers import git, make_host, make_template_repo, one_bootstrap_error, run
 
-OUTCOMES = {"updated", "unchanged", "kept", "conflict", "new", "removed"}
+OUTCOMES = {"updated", "unchanged", "kept", "conflict", "new", "removed", "moved"}
 SUBMODULE = ".ml-aws-template"
 RECORD = bootstrap.RECORD_FILE
 
@@ -476,7 +477,7 @@ def test_check_fails_on_a_newer_version_that_changes_no_file(host, a):
 
 # --- a file that moves between template folders ------------------------------------------------
 
-MOVED = ("Dockerfile", "aws/batch-job.json", "aws/batch-job-multinode.json")
+DEPLOY_FILES = ("Dockerfile", "aws/batch-job.json", "aws/batch-job-multinode.json")
 USER_DOCKERFILE = "LABEL org.opencontainers.image.vendor=cats\n"
 
 
@@ -487,7 +488,7 @@ def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_
     whose files did not change, gets nothing to do."""
     template = make_template_repo(tmp_path / "template" / "ml-aws-template")
     configs = template / "template_configs"
-    for path in MOVED:
+    for path in DEPLOY_FILES:
         (configs / "project" / path).parent.mkdir(parents=True, exist_ok=True)
         (configs / "torch-cu128" / path).rename(configs / "project" / path)
         (configs / "torch-cpu" / path).unlink()
@@ -519,7 +520,7 @@ def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_
         assert dockerfile.endswith(USER_DOCKERFILE)
         assert definition["timeout"]["attemptDurationSeconds"] == 7200
         if variant == "cpu":
-            assert rows == {path: "updated" for path in MOVED}
+            assert rows == {path: "updated" for path in DEPLOY_FILES}
             assert "nvidia/cuda" not in dockerfile and "FROM python:3.12-slim" in dockerfile
             reserved = definition["containerProperties"]["resourceRequirements"]
             assert "GPU" not in {r["type"] for r in reserved}
@@ -527,3 +528,298 @@ def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_
             assert rows == {}
             assert "nvidia/cuda" in dockerfile
         assert record(host)["template_version"] == new
+
+
+# --- files the template moves (bootstrap.MOVED) ------------------------------------------------
+# Commit A adds two modules of the test's own to this working tree, so that the tests do not
+# depend on where the template keeps its real modules. M1 moves both, appends to scores and
+# makes it executable, and adds them to MOVED; M2 moves labels again and changes its last line.
+
+SCORES = ("src/mlt_project/scores.py", "src/mlt_project/scoring/scores.py")
+LABELS = (
+    "src/mlt_project/labels_table.py",
+    "src/mlt_project/tables/labels.py",
+    "src/mlt_project/catalog/labels.py",
+)
+SCORES_A = '''"""The scores of mlt_project: a module the template moves."""
+
+
+def accuracy(correct: int, total: int) -> float:
+    return correct / total
+'''
+SCORES_M1_TAIL = """
+
+def error_rate(correct: int, total: int) -> float:
+    return 1 - accuracy(correct, total)
+"""
+LABELS_A = '''"""The labels of mlt_project: a module the template moves twice."""
+
+LABELS = ("cat", "dog")
+
+
+def label_count() -> int:
+    return len(LABELS)
+'''
+LABELS_M2 = LABELS_A.replace("return len(LABELS)", "return len(set(LABELS))")
+USER_TOP = "# user: my note at the top\n"
+USER_TAIL = """
+
+def my_score() -> float:
+    return 0.5
+"""
+
+
+def cats(path_or_text: str) -> str:
+    """A template path or text as the `cats` project has it."""
+    return path_or_text.replace("mlt_project", "cats")
+
+
+def source(destination: str) -> str:
+    """The template file of a destination under src/."""
+    return destination.replace("src/", "src_templates/", 1)
+
+
+def declare_moves(template: Path, moves: dict[str, str]) -> None:
+    """Add `moves` to MOVED in the template's bootstrap.py, as a release that moves files does."""
+    script = template / "bootstrap.py"
+    text = script.read_text()
+    main = '\nif __name__ == "__main__":'
+    assert text.count(main) == 1
+    script.write_text(text.replace(main, f"\nMOVED.update({moves!r})\n{main}"))
+
+
+def move_in_template(template: Path, old: str, new: str) -> None:
+    (template / source(new)).parent.mkdir(parents=True, exist_ok=True)
+    git("mv", source(old), source(new), cwd=template)
+
+
+@pytest.fixture(scope="module")
+def moving(tmp_path_factory) -> tuple[Path, str, str, str]:
+    """(host baked at A with the submodule at A, A, M1, M2)."""
+    template = make_template_repo(tmp_path_factory.mktemp("moving") / "ml-aws-template")
+    for path in (*SCORES, *LABELS):
+        assert not (template / source(path)).exists(), f"{path}: pick another name for the test"
+    (template / source(SCORES[0])).write_text(SCORES_A)
+    (template / source(LABELS[0])).write_text(LABELS_A)
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "A: two modules", cwd=template)
+    a = git("rev-parse", "HEAD", cwd=template)
+
+    move_in_template(template, *SCORES)
+    move_in_template(template, *LABELS[:2])
+    scores = template / source(SCORES[1])
+    scores.write_text(SCORES_A + SCORES_M1_TAIL)
+    scores.chmod(0o755)
+    declare_moves(template, {SCORES[0]: SCORES[1], LABELS[0]: LABELS[1]})
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "M1: move both", cwd=template)
+    m1 = git("rev-parse", "HEAD", cwd=template)
+
+    move_in_template(template, *LABELS[1:])
+    (template / source(LABELS[2])).write_text(LABELS_M2)
+    declare_moves(template, {LABELS[1]: LABELS[2]})
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "M2: move labels again", cwd=template)
+    m2 = git("rev-parse", "HEAD", cwd=template)
+
+    host = make_host(tmp_path_factory.mktemp("moving-host") / "cats", template)
+    git("checkout", "--quiet", a, cwd=host / SUBMODULE)
+    run_bootstrap(host, "--torch", "cpu")
+    commit_all(host, "bootstrap")
+    assert (host / cats(SCORES[0])).read_text() == cats(SCORES_A)
+    return host, a, m1, m2
+
+
+@pytest.fixture
+def moving_host(moving, tmp_path) -> Path:
+    copy = tmp_path / "cats"
+    shutil.copytree(moving[0], copy, symlinks=True)
+    return copy
+
+
+def edit_module(host: Path, path: str, top: str = "", tail: str = "") -> str:
+    """Add the user's lines to a module of the project; return its new text."""
+    module = host / cats(path)
+    text = top + module.read_text() + tail
+    module.write_text(text)
+    return text
+
+
+def test_moved_files_the_user_did_not_touch_move(moving_host, moving):
+    _, _, m1, _ = moving
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update")
+    assert outcomes(result.stdout) == {cats(SCORES[1]): "moved", cats(LABELS[1]): "moved"}
+    assert f"  moved      {cats(SCORES[1])}  (from {cats(SCORES[0])})\n" in result.stdout
+    scores = moving_host / cats(SCORES[1])
+    assert scores.read_text() == cats(SCORES_A + SCORES_M1_TAIL)
+    assert stat.S_IMODE(scores.stat().st_mode) == 0o755  # the template made it executable
+    assert (moving_host / cats(LABELS[1])).read_text() == cats(LABELS_A)
+    for old in (SCORES[0], LABELS[0]):
+        assert not (moving_host / cats(old)).exists()
+    assert record(moving_host)["template_version"] == m1
+    commit_all(moving_host, "update")
+    assert run_bootstrap(moving_host, "--check").returncode == 0
+
+
+def test_moved_file_the_user_edited_is_merged_into_its_new_path(moving_host, moving):
+    _, a, m1, _ = moving
+    mine = edit_module(moving_host, SCORES[0], top=USER_TOP)
+    commit_all(moving_host, "user edits")
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update")
+
+    assert outcomes(result.stdout) == {cats(SCORES[1]): "moved", cats(LABELS[1]): "moved"}
+    old, new = cats(SCORES[0]), cats(SCORES[1])
+    note = f"from {old}, merged with your changes; {old} left in place: delete it once you have"
+    assert f"  moved      {new}  ({note} checked)\n" in result.stdout
+    # B's appended function and the user's top line, in the new file; the old one as it was.
+    assert (moving_host / new).read_text() == USER_TOP + cats(SCORES_A + SCORES_M1_TAIL)
+    assert stat.S_IMODE((moving_host / new).stat().st_mode) == 0o755
+    assert (moving_host / old).read_text() == mine
+    assert not (moving_host / cats(LABELS[0])).exists()
+    assert record(moving_host)["template_version"] == m1 != a
+
+
+def test_moved_file_with_overlapping_edits_conflicts_in_its_new_path(moving_host, moving):
+    _, a, m1, _ = moving
+    mine = edit_module(moving_host, SCORES[0], tail=USER_TAIL)
+    commit_all(moving_host, "user edits")
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update", check=False)
+
+    assert result.returncode == 1
+    old, new = cats(SCORES[0]), cats(SCORES[1])
+    line = one_bootstrap_error(result.stderr)
+    assert f"1 conflict(s) left in {new}" in line and f"--adopt {m1}" in line
+    assert outcomes(result.stdout) == {new: "conflict", cats(LABELS[1]): "moved"}
+    assert f"(from {old}: you both changed the same lines; {old} left in place" in result.stdout
+    merged = (moving_host / new).read_text()
+    assert merged.startswith(cats(SCORES_A)) and "<<<<<<< yours\n" in merged
+    assert f">>>>>>> template {m1[:8]}\n" in merged
+    assert "def my_score()" in merged and "def error_rate(" in merged  # nothing lost
+    assert (moving_host / old).read_text() == mine
+    assert (moving_host / cats(LABELS[1])).read_text() == cats(LABELS_A)  # written all the same
+    assert record(moving_host)["template_version"] == a
+
+    # A rerun finds the new file there: no move, no nested markers, the old file left alone.
+    rerun = run_bootstrap(moving_host, "--update", "--allow-dirty", check=False)
+    assert rerun.returncode == 1
+    assert outcomes(rerun.stdout) == {new: "conflict", old: "removed"}
+    assert (moving_host / new).read_text() == merged
+    assert (moving_host / old).read_text() == mine
+
+
+def test_moved_file_the_user_deleted_stays_deleted(moving_host, moving):
+    _, _, m1, _ = moving
+    (moving_host / cats(SCORES[0])).unlink()
+    commit_all(moving_host, "user deletes scores")
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update")
+    assert outcomes(result.stdout) == {cats(SCORES[1]): "kept", cats(LABELS[1]): "moved"}
+    assert f"  kept       {cats(SCORES[1])}  (from {cats(SCORES[0])}: you deleted it)\n" in (
+        result.stdout
+    )
+    assert not (moving_host / cats(SCORES[0])).exists()
+    assert not (moving_host / cats(SCORES[1])).parent.exists()
+    assert record(moving_host)["template_version"] == m1
+
+
+def test_a_project_two_versions_back_follows_a_chain_of_moves(moving_host, moving):
+    """labels moved a -> b in M1 and b -> c in M2: a project at A goes a -> c, edits and all."""
+    _, _, _, m2 = moving
+    mine = edit_module(moving_host, LABELS[0], top=USER_TOP)
+    commit_all(moving_host, "user edits")
+    move_submodule(moving_host, m2)
+    result = run_bootstrap(moving_host, "--update")
+
+    assert outcomes(result.stdout) == {cats(SCORES[1]): "moved", cats(LABELS[2]): "moved"}
+    assert f"  moved      {cats(LABELS[2])}  (from {cats(LABELS[0])}, merged" in result.stdout
+    assert (moving_host / cats(LABELS[2])).read_text() == USER_TOP + cats(LABELS_M2)
+    assert (moving_host / cats(LABELS[0])).read_text() == mine
+    assert not (moving_host / cats(LABELS[1])).parent.exists()  # never written
+    assert record(moving_host)["template_version"] == m2
+
+
+def test_dry_run_and_check_list_moves_and_write_nothing(moving_host, moving):
+    _, a, m1, _ = moving
+    edit_module(moving_host, SCORES[0], top=USER_TOP)
+    commit_all(moving_host, "user edits")
+    move_submodule(moving_host, m1)
+    before = snapshot(moving_host)
+    expected = {cats(SCORES[1]): "moved", cats(LABELS[1]): "moved"}
+    dry = run_bootstrap(moving_host, "--update", "--dry-run")
+    assert outcomes(dry.stdout) == expected
+    assert f"(from {cats(SCORES[0])}, merged with your changes;" in dry.stdout
+    check = run_bootstrap(moving_host, "--check", check=False)
+    assert check.returncode == 1
+    assert outcomes(check.stdout) == expected
+    assert snapshot(moving_host) == before
+    assert record(moving_host)["template_version"] == a
+
+
+def test_a_file_of_the_users_at_the_new_path_is_no_move(moving_host, moving):
+    """The user made the new path already: neither file is overwritten. The old one is `removed`
+    as it would be without MOVED (deleted: the user never changed it), and the new one is merged
+    against nothing, so both versions are in it between markers."""
+    _, _, m1, _ = moving
+    own = moving_host / cats(SCORES[1])
+    own.parent.mkdir()
+    own.write_text(USER_TAIL)
+    commit_all(moving_host, "the user's own scoring module")
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update", check=False)
+    assert result.returncode == 1
+    assert outcomes(result.stdout) == {
+        cats(SCORES[0]): "removed",
+        cats(SCORES[1]): "conflict",
+        cats(LABELS[1]): "moved",
+    }
+    merged = own.read_text()
+    assert "<<<<<<< yours\n" in merged and "def my_score()" in merged
+    assert "def error_rate(" in merged
+    assert not (moving_host / cats(SCORES[0])).exists()
+
+
+def test_failed_update_undoes_a_move(moving_host, moving, monkeypatch):
+    _, _, m1, _ = moving
+    move_submodule(moving_host, m1)
+    before = snapshot(moving_host)
+    monkeypatch.setattr(bootstrap, "TEMPLATE_DIR", moving_host / SUBMODULE)
+    monkeypatch.setattr(bootstrap, "MOVED", {SCORES[0]: SCORES[1], LABELS[0]: LABELS[1]})
+    real_write = bootstrap.write_atomic
+    calls: list[str] = []
+
+    def flaky_write(path, content, mode):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_write(path, content, mode)
+
+    monkeypatch.setattr(bootstrap, "write_atomic", flaky_write)
+    with pytest.raises(OSError):
+        bootstrap.main(["--target", str(moving_host), "--update"])
+    # scoring/scores.py was written and scores.py deleted before labels failed: both undone
+    # (the third write puts the old scores.py back).
+    assert calls == ["scores.py", "labels.py", "scores.py"]
+    assert {k: v[:2] for k, v in snapshot(moving_host).items()} == {
+        k: v[:2] for k, v in before.items()
+    }
+    assert not (moving_host / cats(SCORES[1])).parent.exists()
+
+
+def test_moved_table_names_files_the_template_has():
+    """Every entry of the real table is a destination path, and each chain of moves ends at a file
+    the template writes now (a typo in a new path would leave the user's file behind)."""
+    values = {"project_name": "cats", "module_name": "cats"}
+    rendered = bootstrap.render_tree(values, "cpu")
+    fixed = {p.as_posix() for p in bootstrap.SEED_FILES | bootstrap.MERGED_FILES}
+    for old, new in bootstrap.MOVED.items():
+        for path in (old, new):
+            assert Path(path).as_posix() == path and not Path(path).is_absolute(), path
+            assert ".." not in Path(path).parts and path not in fixed, path
+        end, seen = new, {old}
+        while end in bootstrap.MOVED and end not in seen:
+            seen.add(end)
+            end = bootstrap.MOVED[end]
+        assert Path(cats(end)) in rendered, f"{old} moves to {end}, which the template lacks"
