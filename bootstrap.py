@@ -69,7 +69,41 @@ BLOCK_RE = re.compile(
 # To move a file, `git mv` it in the template and add `"old": "new",` here in the same commit; to
 # move it again later, add `"b": "c",` and keep `"a": "b",`. Give each new destination one old
 # one. The ignore files (MERGED_FILES) and SEED_FILES never move.
-MOVED: dict[str, str] = {}
+MOVED: dict[str, str] = {
+    # The package laid out by layer (base, data, model, training, serve, release, deploy).
+    "src/mlt_project/callbacks.py": "src/mlt_project/training/callbacks.py",
+    "src/mlt_project/checkpoint.py": "src/mlt_project/model/checkpoint.py",
+    "src/mlt_project/cli.py": "src/mlt_project/base/cli.py",
+    "src/mlt_project/cluster.py": "src/mlt_project/deploy/aws/cluster.py",
+    "src/mlt_project/config.py": "src/mlt_project/base/config.py",
+    "src/mlt_project/data/datamodule.py": "src/mlt_project/training/datamodule.py",
+    "src/mlt_project/data/resumable.py": "src/mlt_project/training/resumable.py",
+    "src/mlt_project/data/stream.py": "src/mlt_project/training/stream.py",
+    "src/mlt_project/distributed.py": "src/mlt_project/scripts/distributed.py",
+    "src/mlt_project/env.py": "src/mlt_project/base/env.py",
+    "src/mlt_project/errors.py": "src/mlt_project/base/errors.py",
+    "src/mlt_project/eval.py": "src/mlt_project/training/evaluate.py",
+    "src/mlt_project/factories.py": "src/mlt_project/training/factories.py",
+    "src/mlt_project/fileio.py": "src/mlt_project/base/fileio.py",
+    "src/mlt_project/logs.py": "src/mlt_project/base/logs.py",
+    "src/mlt_project/lr_find.py": "src/mlt_project/training/lr_find.py",
+    "src/mlt_project/model/classifier.py": "src/mlt_project/training/module.py",
+    "src/mlt_project/model/objective.py": "src/mlt_project/model/tasks.py",
+    "src/mlt_project/onnx_export.py": "src/mlt_project/serve/onnx_export.py",
+    "src/mlt_project/onnx_runtime.py": "src/mlt_project/serve/onnx_runtime.py",
+    "src/mlt_project/predict.py": "src/mlt_project/serve/predict.py",
+    "src/mlt_project/resume.py": "src/mlt_project/training/resume.py",
+    "src/mlt_project/scripts/aws.py": "src/mlt_project/deploy/aws/settings.py",
+    "src/mlt_project/scripts/dvcrepo.py": "src/mlt_project/release/dvcrepo.py",
+    "src/mlt_project/scripts/export.py": "src/mlt_project/release/export.py",
+    "src/mlt_project/scripts/gitrepo.py": "src/mlt_project/release/gitrepo.py",
+    "src/mlt_project/scripts/tag.py": "src/mlt_project/release/tag.py",
+    "src/mlt_project/scripts/upload.py": "src/mlt_project/release/upload.py",
+    "src/mlt_project/scripts/version.py": "src/mlt_project/release/version.py",
+    "src/mlt_project/tensor_files.py": "src/mlt_project/model/tensor_files.py",
+    "src/mlt_project/train.py": "src/mlt_project/training/train.py",
+    "tests/test_objective.py": "tests/test_tasks.py",
+}
 TORCH_VARIANTS = ("cu128", "cpu")
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".DS_Store"}
 

@@ -1,5 +1,6 @@
-"""Real image networks in the template's package: torchvision backbones, weights from a file or
-torch's cache (never downloaded here), frozen backbones, augmentation, optimizers and schedules."""
+"""The model layer (model/): real image networks, torchvision backbones, weights from a file or
+torch's cache (never downloaded here), frozen backbones, augmentation and mixing, the weights'
+average, optimizers and schedules."""
 
 from __future__ import annotations
 
@@ -26,10 +27,13 @@ from mlt_project.base.errors import PipelineError
 from mlt_project.data.preprocess import preprocess
 from mlt_project.data.store import read_split, split_path
 from mlt_project.model.augment import BatchAugment
-from mlt_project.model.checkpoint import load_network
+from mlt_project.model.build import build_network
+from mlt_project.model.checkpoint import load_trained
+from mlt_project.model.ema import ExponentialAverage
+from mlt_project.model.mix import BatchMix
+from mlt_project.model.optim import Optimization, parameter_groups
 from mlt_project.training.evaluate import evaluate
 from mlt_project.training.factories import create_model
-from mlt_project.training.module import make_scheduler
 from mlt_project.training.train import train
 
 PARAMS = REPO / "template_configs" / "project" / "params.yaml"
@@ -52,13 +56,16 @@ def config(tmp_path: Path, *, model=None, training=None, augment=None, data=None
         "precision": "32-true",
         **(training or {}),
     }
+    # The optimizer's keys of `training:` are its options (model/optim.py), not fields.
+    options = {k: training.pop(k) for k in list(training) if k in base.training.optimization}
+    training["optimization"] = {**base.training.optimization, **options}
     return dataclasses.replace(
         base,
         paths=dataclasses.replace(base.paths, **paths),
         data=dataclasses.replace(base.data, **data),
         model=dataclasses.replace(base.model, **(model or {})),
         training=dataclasses.replace(base.training, **training),
-        augment=dataclasses.replace(base.augment, **(augment or {})),
+        augment={**base.augment, **(augment or {})},
         runtime=dataclasses.replace(base.runtime, preprocess_workers=1),
     )
 
@@ -258,22 +265,23 @@ def test_evaluation_and_export_ignore_augmentation_settings(tmp_path):
     train(plain)
     augmented = dataclasses.replace(
         plain,
-        augment=dataclasses.replace(
-            plain.augment,
-            crop_scale=[0.5, 1.0],
-            horizontal_flip=True,
-            rotation=30.0,
-            color_jitter=0.4,
-        ),
+        augment={
+            **plain.augment,
+            "crop_scale": [0.5, 1.0],
+            "horizontal_flip": True,
+            "rotation": 30.0,
+            "color_jitter": 0.4,
+        },
     )
     images, _, _ = read_split(split_path(plain.paths.processed, "test"))
     results, outputs = [], []
     for cfg in (plain, augmented):
         results.append(evaluate(cfg))
         torch.manual_seed(123)  # a different random state must not matter either
-        outputs.append(load_network(cfg)(torch.from_numpy(images)).detach())
+        net = load_trained(cfg).net
+        outputs.append(net(torch.from_numpy(images)).detach())
         onnx_file = tmp_path / f"model-{len(outputs)}.onnx"
-        export_onnx(load_network(cfg), onnx_file, cfg.data.input_shape, cfg.release.onnx_opset)
+        export_onnx(net, onnx_file, cfg.data.input_shape, cfg.release.onnx_opset)
     assert results[0] == results[1]
     assert torch.equal(outputs[0], outputs[1])
     import onnxruntime as ort
@@ -290,8 +298,9 @@ def test_evaluation_and_export_ignore_augmentation_settings(tmp_path):
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=0.1)
-    settings = {"name": "sgd", "lr": 0.1, "scheduler": "cosine"}
-    scheduler = make_scheduler(optimizer, settings, total=100, warmup=10)
+    # 10 epochs of 10 steps, the first one warm-up.
+    settings = Optimization(10, "sgd", 0.1, 0.0, 0.0, "cosine", warmup_epochs=1)
+    scheduler = settings.make_scheduler(optimizer, total=100)
     rates = []
     for _ in range(100):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -306,8 +315,8 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 def test_onecycle_peaks_at_the_learning_rate():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([parameter], lr=0.1)
-    settings = {"name": "adamw", "lr": 0.1, "scheduler": "onecycle"}
-    scheduler = make_scheduler(optimizer, settings, total=50, warmup=10)
+    settings = Optimization(5, "adamw", 0.1, 0.0, 0.0, "onecycle", warmup_epochs=1)
+    scheduler = settings.make_scheduler(optimizer, total=50)
     rates = []
     for _ in range(50):
         optimizer.step()
@@ -315,6 +324,117 @@ def test_onecycle_peaks_at_the_learning_rate():
         rates.append(optimizer.param_groups[0]["lr"])
     assert max(rates) == pytest.approx(0.1, rel=1e-3)
     assert rates.index(max(rates)) in (8, 9, 10)
+
+
+# ---------------------------------------------------------------- mixup, cutmix, EMA
+
+
+def test_mixup_mixes_multi_hot_targets_by_the_images_weights():
+    images = torch.stack([torch.full((1, 4, 4), 10.0), torch.full((1, 4, 4), 110.0)])
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    torch.manual_seed(0)
+    mixed, targets = BatchMix(3, mixup_alpha=0.4)(images, labels)
+    lam = (110.0 - mixed[:, 0, 0, 0]) / 100.0  # image 0 = 10 * lam + 110 * (1 - lam)
+    torch.testing.assert_close(targets[0], labels[0] * lam[0] + labels[1] * (1 - lam[0]))
+    assert targets.shape == (2, 3)
+
+
+# ---------------------------------------------------------------- mixup and cutmix
+
+
+def constant_batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image i is all pixels of value 10 * (i + 1); labels 0..n-1."""
+    values = torch.arange(1, n + 1).float() * 10
+    return values.view(n, 1, 1, 1).expand(n, 1, 16, 16).clone(), torch.arange(n)
+
+
+def test_mixup_blends_each_image_with_its_partner_by_its_own_weight():
+    torch.manual_seed(0)
+    images, labels = constant_batch()
+    mixed, targets = BatchMix(8, mixup_alpha=0.4)(images, labels)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(8))
+    lam = targets[torch.arange(8), labels]  # the share of each image's own label
+    partner = images.flip(0)[:, 0, 0, 0]
+    expected = lam * images[:, 0, 0, 0] + (1 - lam) * partner
+    torch.testing.assert_close(mixed[:, 0, 0, 0], expected)
+    assert len(set(lam.tolist())) == 8  # a weight per image, not one per batch
+
+
+def test_cutmix_labels_are_the_pixel_shares_of_the_two_images():
+    torch.manual_seed(1)
+    images, labels = constant_batch()
+    mixed, targets = BatchMix(8, cutmix_alpha=1.0)(images, labels)
+    own = (mixed == images).float().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(targets[torch.arange(8), labels], own)
+    torch.testing.assert_close(targets[torch.arange(8), labels.flip(0)], 1 - own)
+    assert ((own > 0) & (own < 1)).any()  # boxes were pasted
+
+
+def test_with_both_on_each_batch_gets_one_of_them_about_half_the_time():
+    torch.manual_seed(2)
+    mix = BatchMix(8, mixup_alpha=0.4, cutmix_alpha=1.0)
+    images, labels = constant_batch()
+    kinds = []
+    for _ in range(200):
+        mixed, _ = mix(images, labels)
+        # cutmix keeps every pixel of one image or the other; mixup blends every pixel.
+        pure = ((mixed == images) | (mixed == images.flip(0))).all()
+        kinds.append(bool(pure))
+    assert 70 < sum(kinds) < 130, sum(kinds)
+
+
+def test_mixing_off_passes_the_batch_untouched():
+    images, labels = constant_batch()
+    mixed, targets = BatchMix(8)(images, labels)
+    assert mixed is images and targets is labels
+
+
+# ---------------------------------------------------------------- EMA
+
+
+def test_the_average_follows_the_steps_and_averages_batchnorm_statistics():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = ExponentialAverage(net, decay=0.5)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for tensor in net.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(1.0)
+        net[1].num_batches_tracked.fill_(7)
+    average.update(net)  # first update: decay min(0.5, 1/10) = 0.1
+    state = average.net.state_dict()
+    for name in ("0.weight", "1.running_mean", "1.running_var"):
+        torch.testing.assert_close(state[name], start[name] + 0.9)
+    assert int(state["1.num_batches_tracked"]) == 7  # counters are copied, not averaged
+    assert int(average.updates) == 1
+    average.update(net)  # decay min(0.5, 2/11) = 2/11
+    torch.testing.assert_close(state["0.weight"], start["0.weight"] + 0.9 + 0.1 * 9 / 11)
+    assert not any(p.requires_grad for p in average.net.parameters())
+
+
+# ---------------------------------------------------------------- backbone learning rate
+
+
+def test_backbone_lr_factor_splits_the_parameters_and_the_schedule_scales_both():
+    spec = {"name": "cnn", "options": {"width": 4, "blocks": 2, "dropout": 0.0},
+            "input_shape": [1, 8, 8], "num_classes": 3}  # fmt: skip
+    net = build_network(spec)
+    assert len(list(parameter_groups(net, 0.1))) == len(list(net.parameters()))  # one group
+    settings = Optimization(4, "adamw", 0.1, 0.0, 0.0, "onecycle", warmup_epochs=1)
+    optimizer = settings.make_optimizer(net, backbone_lr_factor=0.25)
+    backbone, head = optimizer.param_groups
+    head_names = {
+        name for name, _ in net.named_parameters() if name.startswith(f"body.{net.head}.")
+    }
+    assert len(head["params"]) == len(head_names) == 2  # the classifier's weight and bias
+    assert len(backbone["params"]) + 2 == len(list(net.parameters()))
+    scheduler = settings.make_scheduler(optimizer, total=20)
+    peaks = [0.0, 0.0]
+    for _ in range(20):
+        optimizer.step()
+        scheduler.step()
+        peaks = [max(p, g["lr"]) for p, g in zip(peaks, optimizer.param_groups, strict=True)]
+    assert peaks == pytest.approx([0.025, 0.1], rel=1e-3)
 
 
 # ---------------------------------------------------------------- in a baked project

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import os
 import subprocess
@@ -136,39 +135,3 @@ def test_a_split_in_the_old_list_format_asks_to_rerun_preprocess(tmp_path):
     )
     with pytest.raises(PipelineError, match="rerun `dvc repro -f preprocess`"):
         read_split(path)
-
-
-def heavy_imports(modules: str, heavy: set[str]) -> set[str]:
-    """Which of `heavy` a fresh interpreter has loaded after importing `modules`."""
-    code = f"import sys, {modules}; print(sorted({heavy!r} & set(sys.modules)))"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=dict(os.environ, PYTHONPATH=str(SRC)),
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    return set(ast.literal_eval(result.stdout.strip()))
-
-
-def test_data_stages_import_neither_torch_nor_lightning():
-    modules = "mlt_project.data.preprocess, mlt_project.data.sample_data"
-    assert heavy_imports(modules, {"torch", "lightning"}) == set()
-
-
-def test_evaluation_and_export_run_the_network_without_lightning():
-    modules = (
-        "mlt_project.training.evaluate, mlt_project.model.checkpoint, mlt_project.scripts.release"
-    )
-    assert heavy_imports(modules, {"lightning", "torchmetrics", "torchvision"}) == set()
-
-
-def test_the_spot_reclaim_path_and_inference_import_no_torch():
-    # entrypoint.sh runs checkpoint_sync on SIGTERM with seconds to spare; predict and the AWS
-    # scripts run where only ONNX Runtime is installed.
-    modules = (
-        "mlt_project.scripts.checkpoint_sync, mlt_project.scripts.distributed, mlt_project.serve.predict, "
-        "mlt_project.scripts.batch, mlt_project.scripts.dvc_remote, "
-        "mlt_project.scripts.register_model"
-    )
-    assert heavy_imports(modules, {"torch", "lightning"}) == set()

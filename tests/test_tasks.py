@@ -1,7 +1,9 @@
-"""Multilabel classification end to end (issue 20): 480 8x8 images with 0-3 of 3 tags listed in
-metadata.csv, `data.task: multilabel`, one `dvc repro` shared by the module's tests; then the
-metrics, a SIGKILLed training resumed, the export behind the parity gate, an upload to S3 and
-predict in an empty folder, which must give an image all of its tags."""
+"""The tasks (base/tasks.py, model/tasks.py): the training losses on values worked out by hand,
+then multilabel classification end to end: 480 8x8 images with 0-3 of 3 tags listed in
+metadata.csv, `data.task: multilabel`, one `dvc repro` shared by the module's tests; the metrics,
+a SIGKILLed training resumed, the export behind the parity gate, an upload to S3 and predict in
+an empty folder, which must give an image all of its tags. (The generated project's own
+tests/test_tasks.py checks the reports, thresholds and mistakes.)"""
 
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import (
     MODULE,
@@ -31,8 +35,62 @@ from helpers import (
     set_params,
     write_multilabel_pngs,
 )
+from mlt_project.model.tasks import Multiclass, Multilabel
 
-pytestmark = pytest.mark.e2e
+MULTICLASS, MULTILABEL = Multiclass(), Multilabel()
+
+
+def test_without_options_the_loss_is_plain_cross_entropy_bit_for_bit():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    assert torch.equal(MULTICLASS.training_loss(5)(logits, labels), F.cross_entropy(logits, labels))
+
+
+def test_soft_targets_agree_with_class_indices_with_smoothing_and_weights():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(32, 4), torch.randint(0, 4, (32,))
+    one_hot = F.one_hot(labels, 4).float()
+    smoothed = MULTICLASS.training_loss(4, label_smoothing=0.1)
+    expected = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    torch.testing.assert_close(smoothed(logits, one_hot), expected)
+    weights = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    weighted = MULTICLASS.training_loss(4, weights=weights)
+    expected = F.cross_entropy(logits, labels, weight=weights)
+    torch.testing.assert_close(weighted(logits, labels), expected)
+    torch.testing.assert_close(weighted(logits, one_hot), expected)
+
+
+def test_a_mixed_target_costs_the_mix_of_its_two_labels_costs():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    mixed = torch.tensor([[0.3, 0.7, 0.0]])
+    loss = MULTICLASS.training_loss(3)(logits, mixed)
+    log_p = F.log_softmax(logits, dim=1)[0]
+    torch.testing.assert_close(loss, -(0.3 * log_p[0] + 0.7 * log_p[1]))
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one_over_images():
+    weights = torch.from_numpy(MULTICLASS.class_weights(np.array([10, 30, 60, 0]), 100))
+    # n / (C * n_c): 100 / (4 * 10), 100 / (4 * 30), 100 / (4 * 60); an empty class weighs 0.
+    torch.testing.assert_close(weights, torch.tensor([2.5, 100 / 120, 100 / 240, 0.0]))
+
+
+def test_multilabel_loss_smooths_towards_one_half_and_weighs_positives():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    targets = torch.tensor([[1.0, 0.0, 1.0]])
+    plain = MULTILABEL.training_loss(3)(logits, targets)
+    torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(logits, targets))
+    smoothed = MULTILABEL.training_loss(3, label_smoothing=0.2)(logits, targets)
+    expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([[0.9, 0.1, 0.9]]))
+    torch.testing.assert_close(smoothed, expected)
+    # 100 images: a class on 10 of them gets positive weight 9, one on 50 weight 1, none 1.
+    weights = torch.from_numpy(MULTILABEL.class_weights(np.array([10, 50, 0]), 100))
+    torch.testing.assert_close(weights, torch.tensor([9.0, 1.0, 1.0]))
+    weighted = MULTILABEL.training_loss(3, weights=weights)(logits, targets)
+    by_hand = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
+    torch.testing.assert_close(weighted, by_hand)
+
+
+# ---------------------------------------------------------------- multilabel end to end
 
 VERSION = "0.7.0"
 BUCKET = "multilabel-releases"
@@ -72,6 +130,7 @@ def checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+@pytest.mark.e2e
 def test_repro_trains_a_multilabel_model_that_finds_separable_tags(multilabel):
     root = multilabel.root
     print(f"\nmultilabel dvc repro: {multilabel.seconds:.1f}s")
@@ -126,6 +185,7 @@ def test_repro_trains_a_multilabel_model_that_finds_separable_tags(multilabel):
     assert len(drawn["content"]["data"]["values"]) == 3 * results["num_samples"]
 
 
+@pytest.mark.e2e
 def test_sigkilled_streamed_training_resumes_to_the_same_model_and_thresholds(multilabel, tmp_path):
     """Streamed (row groups, 2 workers): the multi-hot targets come through the stream, and a
     SIGKILL mid-run resumes to the weights and thresholds of an uninterrupted streamed run."""
@@ -166,6 +226,7 @@ def test_sigkilled_streamed_training_resumes_to_the_same_model_and_thresholds(mu
         assert torch.equal(actual["state_dict"][name], tensor), name
 
 
+@pytest.mark.e2e
 def test_export_gate_upload_and_predict_give_an_image_all_its_tags(
     multilabel, moto_endpoint, tmp_path
 ):
