@@ -627,7 +627,10 @@ def find_moves(
 # the base lines around them, compared without leading and trailing whitespace, must be found in
 # exactly one place there. Context is tried wide first, then narrower, then on one side only,
 # then none; a window must hold MIN_ANCHOR_LINES lines with a letter or digit, so that a lone
-# `return x` or `)` never anchors. All hunks are placed, or none is.
+# `return x` or `)` never anchors. A side of context cut short by the start or end of the file
+# must meet the new file's start or end. An insertion needs context on both sides: where the
+# template added lines at the same place, which go first is the user's call (a conflict, as in
+# place). All hunks are placed, or none is.
 ANCHOR_CONTEXTS = ((3, 3), (2, 2), (1, 1), (3, 0), (0, 3), (2, 0), (0, 2), (1, 0), (0, 1), (0, 0))
 MIN_ANCHOR_LINES = 2
 WORD_RE = re.compile(rb"\w")
@@ -653,14 +656,23 @@ def find_anchor(
     keys = [line.strip() for line in theirs]
     tried = set()
     for before, after in ANCHOR_CONTEXTS:
+        if start == end and not (before and after):
+            continue
         low, high = max(start - before, 0), min(end + after, len(base))
+        edges = (start - before < 0, end + after > len(base))  # cut short: at the file's edge
         window = [line.strip() for line in base[low:high]]
         words = sum(1 for key in window if WORD_RE.search(key))
-        if (low, high) in tried or words < MIN_ANCHOR_LINES:
+        if (low, high, edges) in tried or words < MIN_ANCHOR_LINES:
             continue
-        tried.add((low, high))
+        tried.add((low, high, edges))
         size = len(window)
-        found = [at for at in range(len(keys) - size + 1) if keys[at : at + size] == window]
+        found = [
+            at
+            for at in range(len(keys) - size + 1)
+            if keys[at : at + size] == window
+            and (at == 0 or not edges[0])
+            and (at + size == len(keys) or not edges[1])
+        ]
         if len(found) != 1:
             continue
         shifts = {

@@ -1088,9 +1088,10 @@ def test_restructured_move_conflicts_where_the_users_lines_went_to_another_file(
     assert (restructuring_host / cats(LOSSES)).read_text() == cats(LOSSES_R)
 
 
-def test_relocate_places_a_change_by_two_lines_of_code_at_least():
-    """A lone `return x` never anchors a change; two kept lines do, and a method's lines that
-    became a function's lose their 4 spaces (blank lines stay blank)."""
+def test_relocate_anchors_on_two_lines_of_code_and_both_sides_of_an_insertion():
+    """Two kept lines anchor a change, and a method's lines that became a function's lose their
+    4 spaces (blank lines stay blank); a lone `return x` never anchors. Lines the user and the
+    template both appended have no order to take: no relocation (git's conflict stands)."""
     base = b"class A:\n    def f(self):\n        a = 1\n        return a\n"
     ours = base.replace(b"        return a\n", b"        a += 1\n\n        return a\n")
     theirs = b"def f():\n    a = 1\n    return a\n"
@@ -1101,3 +1102,5 @@ def test_relocate_places_a_change_by_two_lines_of_code_at_least():
     function = b"def f():\n    a = 1\n    return a\n"
     changed = function.replace(b"return a", b"return a + 1")
     assert bootstrap.relocate(changed, function, b"def g():\n    b = 2\n    return a\n") is None
+    mine, template = (function + f"\n\ndef {name}():\n    return 2\n".encode() for name in "gh")
+    assert bootstrap.relocate(mine, function, template) is None
