@@ -17,7 +17,9 @@ Standard library only: it runs before anything is installed.
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
+import itertools
 import json
 import keyword
 import os
@@ -652,6 +654,105 @@ def find_moves(
     return moves
 
 
+# A moved file that the template also restructured (a function become a method, say) conflicts
+# in git merge-file as one rewritten region, even where the user's edits touched lines the
+# template kept, re-indented or among new code. relocate() then re-applies each of the user's
+# changes (a hunk of base -> ours) where its lines are in the new file: the hunk's old lines and
+# the base lines around them, compared without leading and trailing whitespace, must be found in
+# exactly one place there. Context is tried wide first, then narrower, then on one side only,
+# then none; a window must hold MIN_ANCHOR_LINES lines with a letter or digit, so that a lone
+# `return x` or `)` never anchors. A side of context cut short by the start or end of the file
+# must meet the new file's start or end. An insertion needs context on both sides: where the
+# template added lines at the same place, which go first is the user's call (a conflict, as in
+# place). All hunks are placed, or none is.
+ANCHOR_CONTEXTS = ((3, 3), (2, 2), (1, 1), (3, 0), (0, 3), (2, 0), (0, 2), (1, 0), (0, 1), (0, 0))
+MIN_ANCHOR_LINES = 2
+WORD_RE = re.compile(rb"\w")
+
+
+def user_hunks(base: list[bytes], ours: list[bytes]) -> list[tuple[int, int, list[bytes]]]:
+    """The user's changes as (start, end, lines): base[start:end] became `lines`."""
+    matcher = difflib.SequenceMatcher(None, base, ours, autojunk=False)
+    return [
+        (i1, i2, ours[j1:j2]) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"
+    ]
+
+
+def indentation(line: bytes) -> int:
+    return len(line) - len(line.lstrip(b" \t"))
+
+
+def find_anchor(
+    base: list[bytes], start: int, end: int, theirs: list[bytes]
+) -> tuple[int, int] | None:
+    """(where base[start:end] is in theirs, the indentation theirs adds to it), or None where
+    no window of it and its context is in exactly one place there with one indentation shift."""
+    keys = [line.strip() for line in theirs]
+    tried = set()
+    for before, after in ANCHOR_CONTEXTS:
+        if start == end and not (before and after):
+            continue
+        low, high = max(start - before, 0), min(end + after, len(base))
+        edges = (start - before < 0, end + after > len(base))  # cut short: at the file's edge
+        window = [line.strip() for line in base[low:high]]
+        words = sum(1 for key in window if WORD_RE.search(key))
+        if (low, high, edges) in tried or words < MIN_ANCHOR_LINES:
+            continue
+        tried.add((low, high, edges))
+        size = len(window)
+        found = [
+            at
+            for at in range(len(keys) - size + 1)
+            if keys[at : at + size] == window
+            and (at == 0 or not edges[0])
+            and (at + size == len(keys) or not edges[1])
+        ]
+        if len(found) != 1:
+            continue
+        shifts = {
+            indentation(theirs[found[0] + i]) - indentation(base[low + i])
+            for i, key in enumerate(window)
+            if key
+        }
+        if len(shifts) == 1:
+            return found[0] + start - low, shifts.pop()
+    return None
+
+
+def reindent(line: bytes, shift: int) -> bytes:
+    """`line` indented `shift` more spaces (fewer where negative: only spaces are taken off)."""
+    if not line.strip():
+        return line
+    if shift >= 0:
+        return b" " * shift + line
+    spaces = len(line) - len(line.lstrip(b" "))
+    return line[min(spaces, -shift) :]
+
+
+def relocate(ours: bytes, base: bytes, theirs: bytes) -> bytes | None:
+    """theirs with the user's changes (base -> ours) re-applied where their lines are in it,
+    re-indented to fit; None where a change has no one place there, or two overlap."""
+    if not all(text.endswith(b"\n") for text in (ours, base, theirs)):
+        return None  # a last line without its line break would join the next one
+    base_lines, our_lines, their_lines = (
+        text.splitlines(keepends=True) for text in (base, ours, theirs)
+    )
+    placed = []
+    for start, end, lines in user_hunks(base_lines, our_lines):
+        anchor = find_anchor(base_lines, start, end, their_lines)
+        if anchor is None:
+            return None
+        at, shift = anchor
+        placed.append((at, at + end - start, [reindent(line, shift) for line in lines]))
+    placed.sort(key=lambda hunk: hunk[:2])
+    for (start, end, _), (next_start, _, _) in itertools.pairwise(placed):
+        if next_start < end or next_start == start:
+            return None
+    for start, end, lines in reversed(placed):
+        their_lines[start:end] = lines
+    return b"".join(their_lines)
+
+
 def merge_moved(
     target: Path,
     old: Path,
@@ -664,6 +765,8 @@ def merge_moved(
 
     The user's file at `old` is merged with base = the old render of `old` and theirs = the new
     render of `new`, and written to `new`; `old` is deleted only where the user never changed it.
+    Where that merge conflicts, the user's changes are re-applied to the moved lines (relocate)
+    if each has one place in the new file; else the conflict stands.
     """
     check_kind(target, old)
     check_kind(target, new)
@@ -675,6 +778,11 @@ def merge_moved(
     outcome, note, result, _ = merge_part(ours, base[0], theirs[0], labels)
     if outcome == "conflict" and result is None:  # markers left in it, or a binary file
         return outcome, f"{moved}: {note}", [], True
+    how = "merged with your changes"
+    relocated = relocate(ours, base[0], theirs[0]) if outcome == "conflict" else None
+    if relocated is not None:
+        outcome, result = "moved", relocated
+        how = "your changes re-applied to the moved code: check them"
     # As for an update: the user's mode, unless the template changed it.
     mode = current.stat().st_mode & 0o777 if base[1] == theirs[1] else theirs[1]
     writes = [Planned(new, ours if result is None else result, mode, "create")]
@@ -683,7 +791,7 @@ def merge_moved(
     left = f"{old.as_posix()} left in place"
     if outcome == "conflict":
         return outcome, f"{moved}: {note}; {left}", writes, True
-    note = f"{moved}, merged with your changes; {left}: delete it once you have checked"
+    note = f"{moved}, {how}; {left}: delete it once you have checked"
     return "moved", note, writes, True
 
 

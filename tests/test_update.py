@@ -3,14 +3,18 @@
 The template repo has two real commits: A is this working tree, B changes, adds and removes
 template files. A project is baked at A (once per module, then copied), the user edits it, the
 submodule is checked out at B, and the script runs as a user runs it. The files the template
-moves (bootstrap.MOVED) get a template repo of their own, whose commits move two modules.
+moves (bootstrap.MOVED) get a template repo of their own, whose commits move two modules; one
+that the template restructures as it moves it gets another.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import stat
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -823,3 +827,280 @@ def test_moved_table_names_files_the_template_has():
             seen.add(end)
             end = bootstrap.MOVED[end]
         assert Path(cats(end)) in rendered, f"{old} moves to {end}, which the template lacks"
+
+
+# --- a moved file the template restructured (bootstrap.relocate) ------------------------------
+# Commit A adds a module of module-level functions; R moves it and rewrites it as a class whose
+# methods hold some of the old lines, re-indented, among new ones (a local import, a blank
+# line), changes one of them, and splits the rest into two new modules. git merge-file conflicts
+# on the whole rewritten file; the user's edits are re-applied where their lines are now.
+
+METRICS = ("src/mlt_project/metric_fns.py", "src/mlt_project/tasks/metric_tasks.py")
+SPECS = "src/mlt_project/tasks/metric_specs.py"
+LOSSES = "src/mlt_project/tasks/losses.py"
+METRICS_A = """\
+\"\"\"The metrics of mlt_project: a module the template restructures as it moves it.\"\"\"
+
+import math
+
+
+def metric(name: str, num_classes: int, top_k: int = 1) -> dict[str, object]:
+    return {"name": name, "num_classes": num_classes, "top_k": top_k}
+
+
+def multiclass_metrics(num_classes: int, average: str = "micro") -> dict[str, dict]:
+    \"\"\"The metrics of a multiclass task, by name.\"\"\"
+    accuracy = metric("accuracy", num_classes, top_k=1)
+    return {"accuracy": accuracy}
+
+
+def multiclass_decision(probabilities: list[float]) -> int:
+    \"\"\"The class of highest probability.\"\"\"
+    return max(range(len(probabilities)), key=probabilities.__getitem__)
+
+
+def multiclass_loss(logits: list[float], target: int) -> float:
+    \"\"\"Cross-entropy of one sample's logits.\"\"\"
+    total = sum(math.exp(x) for x in logits)
+    return math.log(total) - logits[target]
+"""
+TASKS_R = """\
+\"\"\"The tasks of mlt_project, a class each: what a model of the task is scored with.\"\"\"
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Multiclass:
+    \"\"\"One class an image.\"\"\"
+
+    name: str = "multiclass"
+
+    def metrics(self, num_classes: int, average: str = "micro") -> dict[str, dict]:
+        \"\"\"The metrics of a multiclass task, by name.\"\"\"
+        from .metric_specs import metric
+
+        accuracy = metric("accuracy", num_classes, top_k=1)
+        return {"accuracy": accuracy}
+
+    def decision(self, probabilities: list[float]) -> int:
+        \"\"\"The class of highest probability.\"\"\"
+        return max(range(len(probabilities)), key=lambda i: probabilities[i])
+
+    def loss(self, logits: list[float], target: int) -> float:
+        \"\"\"Cross-entropy of one sample's logits.\"\"\"
+        from .losses import multiclass_loss
+
+        return multiclass_loss(logits, target)
+"""
+SPECS_R = """\
+\"\"\"The metric specs of mlt_project's tasks.\"\"\"
+
+
+def metric(name: str, num_classes: int, top_k: int = 1) -> dict[str, object]:
+    return {"name": name, "num_classes": num_classes, "top_k": top_k}
+"""
+LOSSES_R = """\
+\"\"\"The losses of mlt_project's tasks.\"\"\"
+
+import math
+
+
+def multiclass_loss(logits: list[float], target: int) -> float:
+    \"\"\"Cross-entropy of one sample's logits.\"\"\"
+    total = sum(math.exp(x) for x in logits)
+    return math.log(total) - logits[target]
+"""
+# The guide's "Add a metric" recipe, followed in the old module: kept lines and a new one.
+METRICS_BODY = """\
+    accuracy = metric("accuracy", num_classes, top_k=1)
+    return {"accuracy": accuracy}
+"""
+USER_METRICS_BODY = """\
+    accuracy = metric("accuracy", num_classes, top_k=1)
+    top2 = metric("top2_accuracy", num_classes, top_k=2)
+    return {"accuracy": accuracy, "top2_accuracy": top2}
+"""
+# Lines put between two kept ones, an inner block among them.
+USER_INSERTED_BODY = """\
+    accuracy = metric("accuracy", num_classes, top_k=1)
+    if num_classes > 2:
+        return {"accuracy": accuracy, "top2": metric("top2", num_classes, top_k=2)}
+    return {"accuracy": accuracy}
+"""
+DECISION_LINE = "    return max(range(len(probabilities)), key=probabilities.__getitem__)\n"
+USER_DECISION_LINE = "    return probabilities.index(max(probabilities))\n"
+LOSS_LINE = "    return math.log(total) - logits[target]\n"
+USER_LOSS_LINE = "    return max(0.0, math.log(total) - logits[target])\n"
+
+
+@pytest.fixture(scope="module")
+def restructuring(tmp_path_factory) -> tuple[Path, str, str]:
+    """(host baked at A with the submodule at A, A, R)."""
+    template = make_template_repo(tmp_path_factory.mktemp("restructuring") / "ml-aws-template")
+    for path in (*METRICS, SPECS, LOSSES):
+        assert not (template / source(path)).exists(), f"{path}: pick another name for the test"
+    (template / source(METRICS[0])).write_text(METRICS_A)
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "A: a module of functions", cwd=template)
+    a = git("rev-parse", "HEAD", cwd=template)
+
+    move_in_template(template, *METRICS)
+    for path, text in ((METRICS[1], TASKS_R), (SPECS, SPECS_R), (LOSSES, LOSSES_R)):
+        (template / source(path)).write_text(text)
+    declare_moves(template, {METRICS[0]: METRICS[1]})
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "R: move it and make it a class", cwd=template)
+    r = git("rev-parse", "HEAD", cwd=template)
+
+    host = make_host(tmp_path_factory.mktemp("restructuring-host") / "cats", template)
+    git("checkout", "--quiet", a, cwd=host / SUBMODULE)
+    run_bootstrap(host, "--torch", "cpu")
+    commit_all(host, "bootstrap")
+    return host, a, r
+
+
+@pytest.fixture
+def restructuring_host(restructuring, tmp_path) -> Path:
+    copy = tmp_path / "cats"
+    shutil.copytree(restructuring[0], copy, symlinks=True)
+    return copy
+
+
+def edit_lines(host: Path, path: str, *changes: tuple[str, str]) -> str:
+    """Replace lines of a module of the project, each (old, new) once; return its new text."""
+    module = host / cats(path)
+    text = module.read_text()
+    for old, new in changes:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    module.write_text(text)
+    return text
+
+
+def method(body: str) -> str:
+    """Lines of a module-level function's body as the body of a method."""
+    return textwrap.indent(body, "    ")
+
+
+def multiclass(host: Path, call: str) -> object:
+    """`Multiclass().<call>` as the project's package computes it, in a fresh interpreter."""
+    code = f"from cats.tasks.metric_tasks import Multiclass; print(repr(Multiclass().{call}))"
+    result = run(sys.executable, "-c", code, cwd=host, PYTHONPATH=str(host / "src"))
+    return ast.literal_eval(result.stdout)
+
+
+def update_restructured(host: Path, r: str, *changes: tuple[str, str]):
+    """The user's changes to the old module, committed, and --update to R: (result, old text)."""
+    mine = edit_lines(host, METRICS[0], *changes)
+    commit_all(host, "user edits")
+    move_submodule(host, r)
+    return run_bootstrap(host, "--update", check=False), mine
+
+
+def assert_relocated(host: Path, result, r: str, mine: str) -> str:
+    """The relocated move's row and note, the old file left as it was; the new file's text."""
+    assert result.returncode == 0, result.stderr
+    old, new = cats(METRICS[0]), cats(METRICS[1])
+    assert outcomes(result.stdout) == {new: "moved", cats(SPECS): "new", cats(LOSSES): "new"}
+    note = (
+        f"from {old}, your changes re-applied to the moved code: check them; {old} left in "
+        "place: delete it once you have checked"
+    )
+    assert f"  moved      {new}  ({note})\n" in result.stdout
+    assert (host / old).read_text() == mine
+    assert record(host)["template_version"] == r
+    text = (host / new).read_text()
+    ast.parse(text)
+    return text
+
+
+def assert_plain_conflict(host: Path, result, a: str, r: str, mine: str) -> str:
+    """The conflict of git merge-file, as without relocation: markers, exit 1, nothing lost."""
+    old, new = cats(METRICS[0]), cats(METRICS[1])
+    assert result.returncode == 1
+    assert f"1 conflict(s) left in {new}" in one_bootstrap_error(result.stderr)
+    assert outcomes(result.stdout) == {new: "conflict", cats(SPECS): "new", cats(LOSSES): "new"}
+    assert f"(from {old}: you both changed the same lines; {old} left in place)" in result.stdout
+    labels = ("yours", f"template {a[:8]}", f"template {r[:8]}")
+    plain = bootstrap.merge_text(
+        mine.encode(), cats(METRICS_A).encode(), cats(TASKS_R).encode(), labels
+    )
+    assert plain is not None and not plain[1]
+    text = (host / new).read_text()
+    assert text.encode() == plain[0] and "<<<<<<< yours\n" in text
+    assert (host / old).read_text() == mine
+    assert record(host)["template_version"] == a
+    return text
+
+
+def test_restructured_move_re_applies_the_users_edit_to_the_moved_lines(
+    restructuring_host, restructuring
+):
+    """The function the user edited is a method now: the user's lines are in it, 4 spaces in."""
+    _, _, r = restructuring
+    result, mine = update_restructured(restructuring_host, r, (METRICS_BODY, USER_METRICS_BODY))
+    text = assert_relocated(restructuring_host, result, r, mine)
+    assert text == cats(TASKS_R).replace(method(METRICS_BODY), method(USER_METRICS_BODY))
+    assert multiclass(restructuring_host, "metrics(5)") == {
+        "accuracy": {"name": "accuracy", "num_classes": 5, "top_k": 1},
+        "top2_accuracy": {"name": "top2_accuracy", "num_classes": 5, "top_k": 2},
+    }
+
+
+def test_restructured_move_re_applies_an_insertion_between_kept_lines(
+    restructuring_host, restructuring
+):
+    _, _, r = restructuring
+    result, mine = update_restructured(restructuring_host, r, (METRICS_BODY, USER_INSERTED_BODY))
+    text = assert_relocated(restructuring_host, result, r, mine)
+    assert text == cats(TASKS_R).replace(method(METRICS_BODY), method(USER_INSERTED_BODY))
+    assert multiclass(restructuring_host, "metrics(2)") == {
+        "accuracy": {"name": "accuracy", "num_classes": 2, "top_k": 1}
+    }
+    assert set(multiclass(restructuring_host, "metrics(3)")) == {"accuracy", "top2"}
+
+
+def test_restructured_move_conflicts_where_the_template_changed_the_users_lines(
+    restructuring_host, restructuring
+):
+    """R rewrote the line the user changed (not only re-indented it): no place for the change."""
+    _, a, r = restructuring
+    result, mine = update_restructured(restructuring_host, r, (DECISION_LINE, USER_DECISION_LINE))
+    text = assert_plain_conflict(restructuring_host, result, a, r, mine)
+    assert USER_DECISION_LINE in text and method(DECISION_LINE) not in text
+    assert "key=lambda i: probabilities[i])\n" in text  # the template's line, in its side
+
+
+def test_restructured_move_conflicts_where_the_users_lines_went_to_another_file(
+    restructuring_host, restructuring
+):
+    """The loss went to losses.py: the user's change to it has no place in the new file, so the
+    edit that has one is not re-applied either; both are in the conflict, neither is lost."""
+    _, a, r = restructuring
+    result, mine = update_restructured(
+        restructuring_host, r, (METRICS_BODY, USER_METRICS_BODY), (LOSS_LINE, USER_LOSS_LINE)
+    )
+    text = assert_plain_conflict(restructuring_host, result, a, r, mine)
+    assert USER_LOSS_LINE in text and USER_METRICS_BODY in text
+    assert (restructuring_host / cats(LOSSES)).read_text() == cats(LOSSES_R)
+
+
+def test_relocate_anchors_on_two_lines_of_code_and_both_sides_of_an_insertion():
+    """Two kept lines anchor a change, and a method's lines that became a function's lose their
+    4 spaces (blank lines stay blank); a lone `return x` never anchors. Lines the user and the
+    template both appended have no order to take: no relocation (git's conflict stands)."""
+    base = b"class A:\n    def f(self):\n        a = 1\n        return a\n"
+    ours = base.replace(b"        return a\n", b"        a += 1\n\n        return a\n")
+    theirs = b"def f():\n    a = 1\n    return a\n"
+    assert (
+        bootstrap.relocate(ours, base, theirs)
+        == b"def f():\n    a = 1\n    a += 1\n\n    return a\n"
+    )
+    function = b"def f():\n    a = 1\n    return a\n"
+    changed = function.replace(b"return a", b"return a + 1")
+    assert bootstrap.relocate(changed, function, b"def g():\n    b = 2\n    return a\n") is None
+    mine, template = (function + f"\n\ndef {name}():\n    return 2\n".encode() for name in "gh")
+    assert bootstrap.relocate(mine, function, template) is None
