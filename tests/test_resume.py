@@ -324,11 +324,11 @@ STAGES = {
         ["data/processed", "reports/data.json"],
         ["train.parquet", "val.parquet", "test.parquet", "data.json"],
     ),
-    "train": (
+    "training.train": (
         ["models/model.ckpt", "plots/curves.csv"],
         ["last.ckpt"] * 3 + ["curves.csv", "model.ckpt"],
     ),
-    "eval": (
+    "training.evaluate": (
         [
             "evaluation_results.json",
             "plots/per_class.csv",

@@ -19,9 +19,12 @@ from PIL import Image
 from helpers import REPO
 from mlt_project.base.config import DataConfig
 from mlt_project.base.errors import PipelineError
+from mlt_project.base.tasks import Multiclass
 from mlt_project.serve.onnx_export import check_parity, export_onnx, onnx_files, staged_export
 from mlt_project.serve.onnx_runtime import onnx_session, run_onnx
 from mlt_project.serve.predict import image_batches
+
+MULTICLASS = Multiclass()
 
 SHAPE = (1, 8, 8)
 
@@ -96,7 +99,7 @@ def test_weights_over_the_limit_go_to_content_named_data_files_that_travel(model
     for file in onnx_files(path):
         shutil.copy(file, copy / file.name)
     shutil.rmtree(path.parent)
-    parity = check_parity(model, copy / "model.onnx", images, rtol=0, atol=1e-5)
+    parity = check_parity(model, copy / "model.onnx", images, rtol=0, atol=1e-5, task=MULTICLASS)
     assert parity["classes_identical"] and parity["max_abs_diff"] <= 1e-5
 
 
@@ -114,7 +117,7 @@ def test_a_failed_gate_changes_no_file_and_leaves_no_temporary(model, images, tm
     ):
         assert staged != path
         # The new export holds the changed weights: against the original ones the gate fails.
-        check_parity(original, staged, images, rtol=1e-3, atol=1e-5, shown_as=path)
+        check_parity(original, staged, images, rtol=1e-3, atol=1e-5, task=MULTICLASS, shown_as=path)
     assert str(path) in str(failure.value)
     assert str(staged) not in str(failure.value)
     assert contents(path.parent) == before
@@ -146,11 +149,11 @@ def test_the_gate_scales_with_the_logits_and_names_its_settings(model, images, t
     export_onnx(exported, path, SHAPE, 18)
     # Rounding, as reassociation makes it: every weight off by a few parts in ten million.
     rounded = with_head(model, scale=400 * (1 + 3e-7))
-    parity = check_parity(rounded, path, images, rtol=1e-3, atol=1e-5)
+    parity = check_parity(rounded, path, images, rtol=1e-3, atol=1e-5, task=MULTICLASS)
     assert parity["max_logit"] > 100 and parity["max_abs_diff"] > 1e-5
     assert parity["tolerance_used"] < 0.01 and parity["classes_identical"]
     with pytest.raises(PipelineError) as failure:
-        check_parity(rounded, path, images, rtol=0, atol=1e-5)
+        check_parity(rounded, path, images, rtol=0, atol=1e-5, task=MULTICLASS)
     message = str(failure.value)
     assert "release.parity_rtol 0 and release.parity_atol 1e-05" in message
     assert "raise release.parity_rtol" in message and "\n" not in message
@@ -161,11 +164,11 @@ def test_a_tie_may_break_either_way_but_a_clear_class_may_not(model, images, tmp
     # Classes 0 and 1 lead every image by far, with equal logits in the exported model.
     export_onnx(with_head(model, bias={0: 20.0, 1: 20.0}), path, SHAPE, 18)
     tie = with_head(model, bias={0: 20.0, 1: 20.0 + 1e-6})  # PyTorch picks 1, ONNX Runtime 0
-    parity = check_parity(tie, path, images, rtol=1e-3, atol=1e-5)
+    parity = check_parity(tie, path, images, rtol=1e-3, atol=1e-5, task=MULTICLASS)
     assert parity["ties"] == parity["ties_flipped"] == len(images)
     flipped = with_head(model, bias={0: 20.0, 1: 20.1})  # the same, outside the tolerance
     with pytest.raises(PipelineError, match="predicts another class for 32 image") as failure:
-        check_parity(flipped, path, images, rtol=1e-3, atol=1e-5)
+        check_parity(flipped, path, images, rtol=1e-3, atol=1e-5, task=MULTICLASS)
     assert "raising the tolerances would hide a real difference" in str(failure.value)
 
 

@@ -52,8 +52,7 @@ def config(root: Path, **runtime):
             accelerator="cpu",
             devices=1,
             precision="32-true",
-            scheduler="none",
-            warmup_epochs=0,
+            optimization={**cfg.training.optimization, "scheduler": "none", "warmup_epochs": 0},
         ),
         runtime=dataclasses.replace(
             cfg.runtime,

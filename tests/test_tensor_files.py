@@ -43,7 +43,7 @@ def test_the_planted_file_runs_code_when_unpickled(tmp_path):
 
 @pytest.mark.parametrize(
     ("stage", "where"),
-    [("eval", "models/model.ckpt"), ("train", "checkpoints/last.ckpt")],
+    [("training.evaluate", "models/model.ckpt"), ("training.train", "checkpoints/last.ckpt")],
     ids=["model-at-eval", "resume-at-train"],
 )
 def test_a_code_running_checkpoint_runs_nothing_and_is_kept(project_copy, tmp_path, stage, where):

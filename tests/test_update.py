@@ -69,7 +69,7 @@ def commit_b(template: Path) -> None:
         f.write(B_PARAMS)
     lines = (project / "dvc.yaml").read_text().splitlines(keepends=True)
     (project / "dvc.yaml").write_text(B_DVC + "".join(lines[1:]))
-    for name, line in (("train.py", B_TRAIN), ("config.py", B_CONFIG)):
+    for name, line in (("training/train.py", B_TRAIN), ("base/config.py", B_CONFIG)):
         with (package / name).open("a") as f:
             f.write(line)
     with (project / "dot-gitignore").open("a") as f:
@@ -77,7 +77,7 @@ def commit_b(template: Path) -> None:
     (project / "NOTES.md").write_text(B_NOTES)
     (project / "CHANGELOG.md").write_text(B_CHANGELOG)
     (project / "dot-dvcignore").unlink()
-    (package / "errors.py").unlink()
+    (package / "base" / "errors.py").unlink()
     git("add", "-A", cwd=template)
     git("commit", "--quiet", "-m", "B", cwd=template)
 
@@ -132,9 +132,9 @@ def edit_as_user(host: Path, overlapping: bool, commit: bool = True) -> None:
     gitignore.write_text(USER_GITIGNORE_TOP + gitignore.read_text() + USER_GITIGNORE_END)
     with (host / ".dvcignore").open("a") as f:
         f.write(USER_DVCIGNORE)
-    with (host / "src" / "cats" / "errors.py").open("a") as f:
+    with (host / "src" / "cats" / "base" / "errors.py").open("a") as f:
         f.write(USER_ERRORS)
-    (host / "src" / "cats" / "config.py").unlink()
+    (host / "src" / "cats" / "base" / "config.py").unlink()
     if overlapping:
         lines = (host / "dvc.yaml").read_text().splitlines(keepends=True)
         (host / "dvc.yaml").write_text(USER_DVC + "".join(lines[1:]))
@@ -181,8 +181,8 @@ def assert_user_lines_kept(host: Path, overlapping: bool) -> None:
     gitignore = (host / ".gitignore").read_text()
     assert gitignore.startswith(USER_GITIGNORE_TOP) and gitignore.endswith(USER_GITIGNORE_END)
     assert USER_DVCIGNORE in (host / ".dvcignore").read_text()
-    assert USER_ERRORS in (host / "src" / "cats" / "errors.py").read_text()
-    assert not (host / "src" / "cats" / "config.py").exists()
+    assert USER_ERRORS in (host / "src" / "cats" / "base" / "errors.py").read_text()
+    assert not (host / "src" / "cats" / "base" / "config.py").exists()
     if overlapping:
         assert USER_DVC in (host / "dvc.yaml").read_text()
         assert USER_CHANGELOG in (host / "CHANGELOG.md").read_text()
@@ -195,19 +195,19 @@ def assert_user_lines_kept(host: Path, overlapping: bool) -> None:
 EXPECTED_CLEAN = {
     "params.yaml": "updated",  # user prepended, B appended: merged
     "dvc.yaml": "updated",  # B only
-    "src/cats/train.py": "updated",  # B only
-    "src/cats/config.py": "kept",  # user deleted it, B changed it: stays deleted
+    "src/cats/training/train.py": "updated",  # B only
+    "src/cats/base/config.py": "kept",  # user deleted it, B changed it: stays deleted
     ".gitignore": "updated",  # the block gets B's line; the user's lines around it stay
     "NOTES.md": "new",
     "CHANGELOG.md": "new",
     ".dvcignore": "removed",  # the block goes; the user's line after it stays
-    "src/cats/errors.py": "removed",  # user changed it: left in place
+    "src/cats/base/errors.py": "removed",  # user changed it: left in place
 }
 EXPECTED_CONFLICT = {**EXPECTED_CLEAN, "dvc.yaml": "conflict", "CHANGELOG.md": "conflict"}
 
 
 def test_update_merges_edits_that_do_not_overlap(host, a, b):
-    fresh = (host / "src" / "cats" / "train.py").read_text()
+    fresh = (host / "src" / "cats" / "training" / "train.py").read_text()
     edit_as_user(host, overlapping=False)
     move_submodule(host, b)
     start = time.perf_counter()
@@ -216,7 +216,7 @@ def test_update_merges_edits_that_do_not_overlap(host, a, b):
     print(f"\n--update on a generated project (subprocess, cold): {seconds:.2f} s")
 
     assert outcomes(result.stdout) == EXPECTED_CLEAN
-    assert "removed    src/cats/errors.py  (upstream; left in place: you changed it)" in (
+    assert "removed    src/cats/base/errors.py  (upstream; left in place: you changed it)" in (
         result.stdout
     )
     assert "other file(s): nothing to do" in result.stdout
@@ -224,7 +224,7 @@ def test_update_merges_edits_that_do_not_overlap(host, a, b):
     assert params.startswith(USER_PARAMS) and params.endswith(B_PARAMS)
     assert (host / "dvc.yaml").read_text().startswith("# B: first line of dvc.yaml for cats\n")
     assert (
-        host / "src" / "cats" / "train.py"
+        host / "src" / "cats" / "training" / "train.py"
     ).read_text() == fresh + "# B: appended to cats.train\n"
     assert (host / "NOTES.md").read_text() == "# cats notes\n"
     assert (host / ".dvcignore").read_text() == USER_DVCIGNORE
@@ -377,7 +377,7 @@ def test_check_lists_what_would_change_until_updated(host, a, b):
     assert outcomes(result.stdout) == {
         "params.yaml": "updated",
         "dvc.yaml": "updated",
-        "src/cats/train.py": "updated",
+        "src/cats/training/train.py": "updated",
         "NOTES.md": "new",
         "CHANGELOG.md": "new",
         ".dvcignore": "removed",
@@ -481,15 +481,14 @@ def test_check_fails_on_a_newer_version_that_changes_no_file(host, a):
 
 # --- a file that moves between template folders ------------------------------------------------
 
-DEPLOY_FILES = ("Dockerfile", "aws/batch-job.json", "aws/batch-job-multinode.json")
-USER_DOCKERFILE = "LABEL org.opencontainers.image.vendor=cats\n"
+DEPLOY_FILES = ("aws/batch-job.json", "aws/batch-job-multinode.json")
 
 
 def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_path):
-    """The deploy files were once shared (template_configs/project/, the CUDA ones) and are now
-    per variant (torch-cpu/, torch-cu128/). The destination is what --update merges by, so a
-    cpu project gets the cpu files as `updated`, with the user's edits kept; a cu128 project,
-    whose files did not change, gets nothing to do."""
+    """The Batch job definitions were once shared (template_configs/project/, the GPU ones) and
+    are now per variant (torch-cpu/, torch-cu128/). The destination is what --update merges by,
+    so a cpu project gets the cpu files as `updated`, with the user's edits kept; a cu128
+    project, whose files did not change, gets nothing to do."""
     template = make_template_repo(tmp_path / "template" / "ml-aws-template")
     configs = template / "template_configs"
     for path in DEPLOY_FILES:
@@ -506,10 +505,8 @@ def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_
         host = make_host(tmp_path / variant / "cats", template)
         move_submodule(host, old)
         run_bootstrap(host, "--torch", variant)
-        assert "nvidia/cuda" in (host / "Dockerfile").read_text()
-        with (host / "Dockerfile").open("a") as f:
-            f.write(USER_DOCKERFILE)
         job = host / "aws" / "batch-job.json"
+        assert "GPU" in job.read_text()
         job.write_text(
             job.read_text().replace(
                 '"attemptDurationSeconds": 86400', '"attemptDurationSeconds": 7200'
@@ -519,18 +516,15 @@ def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_
         move_submodule(host, new)
         result = run_bootstrap(host, "--update")
         rows = outcomes(result.stdout)
-        dockerfile = (host / "Dockerfile").read_text()
         definition = json.loads(job.read_text())
-        assert dockerfile.endswith(USER_DOCKERFILE)
         assert definition["timeout"]["attemptDurationSeconds"] == 7200
+        reserved = {r["type"] for r in definition["containerProperties"]["resourceRequirements"]}
         if variant == "cpu":
             assert rows == {path: "updated" for path in DEPLOY_FILES}
-            assert "nvidia/cuda" not in dockerfile and "FROM python:3.12-slim" in dockerfile
-            reserved = definition["containerProperties"]["resourceRequirements"]
-            assert "GPU" not in {r["type"] for r in reserved}
+            assert "GPU" not in reserved
         else:
             assert rows == {}
-            assert "nvidia/cuda" in dockerfile
+            assert "GPU" in reserved
         assert record(host)["template_version"] == new
 
 
