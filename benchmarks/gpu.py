@@ -157,7 +157,9 @@ def bare_gpu_epochs(cfg, epochs: int) -> list[float]:
     if CUDA:
         images, labels = images.pin_memory(), labels.pin_memory()
     model = factories.create_model(cfg).net.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.training.optimization["lr"], weight_decay=0.01
+    )
     times = []
     for _ in range(epochs):
         if CUDA:
