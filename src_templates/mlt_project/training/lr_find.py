@@ -94,7 +94,7 @@ def find_lr(
         "wrote %s (dvc plots show %s -x log10_lr -y loss); training.lr is %g now",
         path,
         path,
-        cfg.training.lr,
+        cfg.training.optimization["lr"],
     )
     return float(suggestion), path
 

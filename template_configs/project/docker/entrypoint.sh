@@ -2,10 +2,10 @@
 # The container's entrypoint; it runs the same way from a project checkout.
 #   1. DVC without git: the image holds no .git (DVC issue 3574), so DVC is told not to look.
 #   2. On a multi-node AWS Batch job, Batch's node variables become MASTER_ADDR, MASTER_PORT and
-#      NODE_RANK for Lightning (`python -m mlt_project.scripts.distributed` holds the mapping and checks).
-#   3. With arguments, run them (`docker run IMAGE python -m mlt_project.training.evaluate`). Without, run the
-#      pipeline: dvc pull, dvc repro, dvc push; pull and push only if a default remote is set
-#      (DVC_S3_URI in the job's environment sets one).
+#      NODE_RANK for Lightning (`python -m mlt_project.scripts.distributed` prints them).
+#   3. With arguments, run them (`docker run IMAGE python -m mlt_project.training.evaluate`).
+#      Without, run the pipeline: dvc pull, dvc repro, dvc push; pull and push only if a
+#      default remote is set (DVC_S3_URI in the job's environment sets one).
 #   4. SIGTERM (AWS Batch stopping the job, e.g. a Spot reclaim) or Ctrl+C: the signal goes to
 #      every process of the pipeline, so training saves a resume checkpoint (not a DVC output:
 #      the next `dvc repro` resumes from it); then the script exits with 75, which
