@@ -147,6 +147,7 @@ def saved_bytes() -> bytes:
     ],
     ids=["text", "plain-pickle", "truncated-zip"],
 )
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # the plain pickle
 def test_a_file_that_is_not_torch_save_s_is_one_line_naming_it(tmp_path, contents, message):
     path = tmp_path / "last.ckpt"
     path.write_bytes(contents)
