@@ -1,4 +1,5 @@
-"""The training layer (training/): the seeded and class-balanced loaders, and baked projects
+"""The training layer (training/): what the LightningModule keeps after fitting (the average,
+the thresholds), the seeded and class-balanced loaders, and baked projects
 trained with every option of the recipe on (label smoothing, mixup and cutmix, EMA, class
 balance, early stopping), exported, resumed after SIGKILL; PROJECT.md's recipes applied."""
 
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,7 +23,74 @@ from torch.utils.data import DistributedSampler
 
 from helpers import MODULE, REPO, project_env, run, set_params
 from mlt_project.base.tasks import Multiclass
+from mlt_project.model.build import build_network
+from mlt_project.model.optim import Optimization
+from mlt_project.model.tasks import Multilabel
+from mlt_project.training.module import ImageClassifier
 from mlt_project.training.resumable import BalancedDraws, SeededShuffle
+
+# ---------------------------------------------------------------- the LightningModule after fitting
+
+
+def classifier(task: str = "multiclass", ema_decay: float = 0.0) -> ImageClassifier:
+    spec = {"name": "mlp", "options": {"hidden_size": 4, "dropout": 0.0},
+            "input_shape": [1, 2, 2], "num_classes": 2}  # fmt: skip
+    optimization = Optimization(1, "adamw", 0.1, 0.0, 0.0, "none", warmup_epochs=0)
+    return ImageClassifier(build_network(spec), spec, task, optimization, ema_decay=ema_decay)
+
+
+def no_validation():
+    raise AssertionError("a task without thresholds needs no validation pass")
+
+
+def test_finish_without_ema_or_keep_best_records_nothing_and_keeps_the_weights():
+    module = classifier()
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    assert module.finish(None, no_validation) == {}
+    after = module.net.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["weights"] == {}
+    assert "thresholds" not in checkpoint
+
+
+def test_finish_with_ema_puts_the_average_into_the_network_and_saves_it_once():
+    module = classifier(ema_decay=0.5)
+    with torch.no_grad():
+        for parameter in module.net.parameters():
+            parameter.fill_(1.0)
+        for parameter in module.ema.net.parameters():
+            parameter.fill_(0.25)
+    assert any(key.startswith("ema.") for key in module.state_dict())  # kept while training
+    assert module.finish(None, no_validation) == {"ema_decay": 0.5}
+    assert all(torch.all(p == 0.25) for p in module.net.parameters())
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    state = checkpoint["state_dict"]
+    assert [key for key in state if key.startswith("ema.")] == []
+    assert torch.all(state["net.body.layers.1.weight"] == 0.25)
+    assert checkpoint["weights"] == {"ema_decay": 0.5}
+
+
+def test_thresholds_are_chosen_on_validation_for_multilabel_only():
+    module = classifier("multilabel")
+    assert isinstance(module.task, Multilabel)
+    probabilities = np.array([[0.9, 0.2], [0.8, 0.1], [0.3, 0.4], [0.1, 0.3]])
+    logits = np.log(probabilities / (1 - probabilities))
+    targets = np.array([[1, 0], [1, 0], [0, 0], [0, 0]], dtype=np.float32)
+    assert module.finish(None, lambda: (logits, targets)) == {}
+    # Class 0: midway between the lowest accepted (0.8) and the highest rejected (0.3); class 1
+    # has no positive image: 0.5.
+    assert module.thresholds == pytest.approx([0.55, 0.5])
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["thresholds"] == pytest.approx([0.55, 0.5])
+    multiclass = classifier("multiclass")
+    multiclass.finish(None, no_validation)
+    assert multiclass.thresholds is None
+
 
 # ---------------------------------------------------------------- class-balanced draws
 
