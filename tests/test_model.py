@@ -509,7 +509,7 @@ def test_cnn_beats_the_mlp_on_the_digits(project_copy, trained_project):
 
 @pytest.mark.e2e
 def test_a_new_network_is_one_class_in_nets_py(trained_project, project_copy):
-    """What PROJECT.md's "Use your own network" says: one file touched (nets.py)."""
+    """What PROJECT.md's "Add a network" says: one file of code touched (nets.py)."""
     nets = trained_project.root / "src" / MODULE / "model" / "nets.py"  # the installed code
     original = nets.read_text()
     try:
