@@ -17,7 +17,9 @@ Standard library only: it runs before anything is installed.
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
+import itertools
 import json
 import keyword
 import os
@@ -61,6 +63,49 @@ BLOCK_RE = re.compile(
     rb"^# >>> ml-aws-template\b[^\n]*\n(.*?)^# <<< ml-aws-template\b[^\n]*(?:\n|\Z)",
     re.DOTALL | re.MULTILINE,
 )
+# Files the template moved, {old destination: new destination}, written as destinations are
+# before rendering (with the tokens, e.g. "src/mlt_project/eval.py"). --update merges a project's
+# old file into the new one (merge_moved), so the user's edits move with it. Like MANIFEST, this
+# is a contract between versions: entries accumulate and are never removed, and a project several
+# versions back follows the chain (a -> b in one release, b -> c in a later one: a goes to c).
+# To move a file, `git mv` it in the template and add `"old": "new",` here in the same commit; to
+# move it again later, add `"b": "c",` and keep `"a": "b",`. Give each new destination one old
+# one. The ignore files (MERGED_FILES) and SEED_FILES never move.
+MOVED: dict[str, str] = {
+    # The package laid out by layer (base, data, model, training, serve, release, deploy).
+    "src/mlt_project/callbacks.py": "src/mlt_project/training/callbacks.py",
+    "src/mlt_project/checkpoint.py": "src/mlt_project/model/checkpoint.py",
+    "src/mlt_project/cli.py": "src/mlt_project/base/cli.py",
+    "src/mlt_project/cluster.py": "src/mlt_project/deploy/aws/cluster.py",
+    "src/mlt_project/config.py": "src/mlt_project/base/config.py",
+    "src/mlt_project/data/datamodule.py": "src/mlt_project/training/datamodule.py",
+    "src/mlt_project/data/resumable.py": "src/mlt_project/training/resumable.py",
+    "src/mlt_project/data/stream.py": "src/mlt_project/training/stream.py",
+    "src/mlt_project/distributed.py": "src/mlt_project/scripts/distributed.py",
+    "src/mlt_project/env.py": "src/mlt_project/base/env.py",
+    "src/mlt_project/errors.py": "src/mlt_project/base/errors.py",
+    "src/mlt_project/eval.py": "src/mlt_project/training/evaluate.py",
+    "src/mlt_project/factories.py": "src/mlt_project/training/factories.py",
+    "src/mlt_project/fileio.py": "src/mlt_project/base/fileio.py",
+    "src/mlt_project/logs.py": "src/mlt_project/base/logs.py",
+    "src/mlt_project/lr_find.py": "src/mlt_project/training/lr_find.py",
+    "src/mlt_project/model/classifier.py": "src/mlt_project/training/module.py",
+    "src/mlt_project/model/objective.py": "src/mlt_project/model/tasks.py",
+    "src/mlt_project/onnx_export.py": "src/mlt_project/serve/onnx_export.py",
+    "src/mlt_project/onnx_runtime.py": "src/mlt_project/serve/onnx_runtime.py",
+    "src/mlt_project/predict.py": "src/mlt_project/serve/predict.py",
+    "src/mlt_project/resume.py": "src/mlt_project/training/resume.py",
+    "src/mlt_project/scripts/aws.py": "src/mlt_project/deploy/aws/settings.py",
+    "src/mlt_project/scripts/dvcrepo.py": "src/mlt_project/release/dvcrepo.py",
+    "src/mlt_project/scripts/export.py": "src/mlt_project/release/export.py",
+    "src/mlt_project/scripts/gitrepo.py": "src/mlt_project/release/gitrepo.py",
+    "src/mlt_project/scripts/tag.py": "src/mlt_project/release/tag.py",
+    "src/mlt_project/scripts/upload.py": "src/mlt_project/release/upload.py",
+    "src/mlt_project/scripts/version.py": "src/mlt_project/release/version.py",
+    "src/mlt_project/tensor_files.py": "src/mlt_project/model/tensor_files.py",
+    "src/mlt_project/train.py": "src/mlt_project/training/train.py",
+    "tests/test_objective.py": "tests/test_tasks.py",
+}
 TORCH_VARIANTS = ("cu128", "cpu")
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".DS_Store"}
 
@@ -398,6 +443,8 @@ Read PROJECT.md (the project guide) for the data, the layout and the release flo
 # extracted into a temporary folder and rendered by *this* file's code, not by the old
 # bootstrap.py, so the MANIFEST and the two tokens are the contract between versions and a fix
 # to rendering reaches both sides of the merge. A MANIFEST folder the old tree lacks is empty.
+# A file is merged by its destination; one the template moved (MOVED) is merged from the
+# project's old path into the new one.
 
 ADOPT_HINT = (
     "run `python3 .ml-aws-template/bootstrap.py --adopt VERSION` with the template commit the "
@@ -575,21 +622,203 @@ def merge_file(
     return outcome, note, Planned(path, part.place(result), mode, "overwrite"), True
 
 
+def find_moves(
+    target: Path,
+    values: dict[str, str],
+    before: dict[Path, tuple[bytes, int]],
+    after: dict[Path, tuple[bytes, int]],
+) -> dict[Path, Path]:
+    """{new path: old path} for the files MOVED moves between the old render and the new one.
+
+    A chain of entries is followed to the first path the new render has. A move needs its old
+    path in the old render only and its new path in the new render only. Where the host has a
+    file at the new path already (the user's own), there is no move, so that neither file is
+    overwritten: the old path is `removed` (deleted only if unchanged) and the new one is merged
+    against nothing, a conflict unless identical, as for any file the host has.
+    """
+
+    def dest(path: str) -> Path:
+        return Path(render(path.encode(), values, set()).decode())
+
+    table = {dest(a): dest(b) for a, b in MOVED.items()}
+    fixed = SEED_FILES | MERGED_FILES
+    moves: dict[Path, Path] = {}
+    for old in sorted(set(table).intersection(before) - set(after) - fixed):
+        new, seen = table[old], {old}
+        while new not in after and new in table and new not in seen:
+            seen.add(new)
+            new = table[new]
+        taken = set(before) | fixed | set(moves)
+        if new in after and new not in taken and not (target / new).exists():
+            moves[new] = old
+    return moves
+
+
+# A moved file that the template also restructured (a function become a method, say) conflicts
+# in git merge-file as one rewritten region, even where the user's edits touched lines the
+# template kept, re-indented or among new code. relocate() then re-applies each of the user's
+# changes (a hunk of base -> ours) where its lines are in the new file: the hunk's old lines and
+# the base lines around them, compared without leading and trailing whitespace, must be found in
+# exactly one place there. Context is tried wide first, then narrower, then on one side only,
+# then none; a window must hold MIN_ANCHOR_LINES lines with a letter or digit, so that a lone
+# `return x` or `)` never anchors. A side of context cut short by the start or end of the file
+# must meet the new file's start or end. An insertion needs context on both sides: where the
+# template added lines at the same place, which go first is the user's call (a conflict, as in
+# place). All hunks are placed, or none is.
+ANCHOR_CONTEXTS = ((3, 3), (2, 2), (1, 1), (3, 0), (0, 3), (2, 0), (0, 2), (1, 0), (0, 1), (0, 0))
+MIN_ANCHOR_LINES = 2
+WORD_RE = re.compile(rb"\w")
+
+
+def user_hunks(base: list[bytes], ours: list[bytes]) -> list[tuple[int, int, list[bytes]]]:
+    """The user's changes as (start, end, lines): base[start:end] became `lines`."""
+    matcher = difflib.SequenceMatcher(None, base, ours, autojunk=False)
+    return [
+        (i1, i2, ours[j1:j2]) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"
+    ]
+
+
+def indentation(line: bytes) -> int:
+    return len(line) - len(line.lstrip(b" \t"))
+
+
+def find_anchor(
+    base: list[bytes], start: int, end: int, theirs: list[bytes]
+) -> tuple[int, int] | None:
+    """(where base[start:end] is in theirs, the indentation theirs adds to it), or None where
+    no window of it and its context is in exactly one place there with one indentation shift."""
+    keys = [line.strip() for line in theirs]
+    tried = set()
+    for before, after in ANCHOR_CONTEXTS:
+        if start == end and not (before and after):
+            continue
+        low, high = max(start - before, 0), min(end + after, len(base))
+        edges = (start - before < 0, end + after > len(base))  # cut short: at the file's edge
+        window = [line.strip() for line in base[low:high]]
+        words = sum(1 for key in window if WORD_RE.search(key))
+        if (low, high, edges) in tried or words < MIN_ANCHOR_LINES:
+            continue
+        tried.add((low, high, edges))
+        size = len(window)
+        found = [
+            at
+            for at in range(len(keys) - size + 1)
+            if keys[at : at + size] == window
+            and (at == 0 or not edges[0])
+            and (at + size == len(keys) or not edges[1])
+        ]
+        if len(found) != 1:
+            continue
+        shifts = {
+            indentation(theirs[found[0] + i]) - indentation(base[low + i])
+            for i, key in enumerate(window)
+            if key
+        }
+        if len(shifts) == 1:
+            return found[0] + start - low, shifts.pop()
+    return None
+
+
+def reindent(line: bytes, shift: int) -> bytes:
+    """`line` indented `shift` more spaces (fewer where negative: only spaces are taken off)."""
+    if not line.strip():
+        return line
+    if shift >= 0:
+        return b" " * shift + line
+    spaces = len(line) - len(line.lstrip(b" "))
+    return line[min(spaces, -shift) :]
+
+
+def relocate(ours: bytes, base: bytes, theirs: bytes) -> bytes | None:
+    """theirs with the user's changes (base -> ours) re-applied where their lines are in it,
+    re-indented to fit; None where a change has no one place there, or two overlap."""
+    if not all(text.endswith(b"\n") for text in (ours, base, theirs)):
+        return None  # a last line without its line break would join the next one
+    base_lines, our_lines, their_lines = (
+        text.splitlines(keepends=True) for text in (base, ours, theirs)
+    )
+    placed = []
+    for start, end, lines in user_hunks(base_lines, our_lines):
+        anchor = find_anchor(base_lines, start, end, their_lines)
+        if anchor is None:
+            return None
+        at, shift = anchor
+        placed.append((at, at + end - start, [reindent(line, shift) for line in lines]))
+    placed.sort(key=lambda hunk: hunk[:2])
+    for (start, end, _), (next_start, _, _) in itertools.pairwise(placed):
+        if next_start < end or next_start == start:
+            return None
+    for start, end, lines in reversed(placed):
+        their_lines[start:end] = lines
+    return b"".join(their_lines)
+
+
+def merge_moved(
+    target: Path,
+    old: Path,
+    new: Path,
+    base: tuple[bytes, int],
+    theirs: tuple[bytes, int],
+    labels: tuple[str, ...],
+) -> tuple[str, str, list[Planned], bool]:
+    """(outcome, note, writes, listed) for a file the template moved from `old` to `new`.
+
+    The user's file at `old` is merged with base = the old render of `old` and theirs = the new
+    render of `new`, and written to `new`; `old` is deleted only where the user never changed it.
+    Where that merge conflicts, the user's changes are re-applied to the moved lines (relocate)
+    if each has one place in the new file; else the conflict stands.
+    """
+    check_kind(target, old)
+    check_kind(target, new)
+    current = target / old
+    moved = f"from {old.as_posix()}"
+    if not current.exists():
+        return "kept", f"{moved}: you deleted it", [], True
+    ours = current.read_bytes()
+    outcome, note, result, _ = merge_part(ours, base[0], theirs[0], labels)
+    if outcome == "conflict" and result is None:  # markers left in it, or a binary file
+        return outcome, f"{moved}: {note}", [], True
+    how = "merged with your changes"
+    relocated = relocate(ours, base[0], theirs[0]) if outcome == "conflict" else None
+    if relocated is not None:
+        outcome, result = "moved", relocated
+        how = "your changes re-applied to the moved code: check them"
+    # As for an update: the user's mode, unless the template changed it.
+    mode = current.stat().st_mode & 0o777 if base[1] == theirs[1] else theirs[1]
+    writes = [Planned(new, ours if result is None else result, mode, "create")]
+    if ours == base[0]:
+        return "moved", moved, [*writes, Planned(old, b"", 0, "delete")], True
+    left = f"{old.as_posix()} left in place"
+    if outcome == "conflict":
+        return outcome, f"{moved}: {note}; {left}", writes, True
+    note = f"{moved}, {how}; {left}: delete it once you have checked"
+    return "moved", note, writes, True
+
+
 def update_plan(target: Path, values: dict[str, str], torch: str, old: str, new: str):
     """(path, outcome, note, listed) rows, and the writes that carry old -> new into target.
 
-    The host's own README.md and .dvc/config are no part of it (see SEED_FILES).
+    The host's own README.md and .dvc/config are no part of it (see SEED_FILES). A moved file
+    has one row, on its new path.
     """
     before = render_version(values, torch, old)
     after = render_tree(values, torch)
+    moves = find_moves(target, values, before, after)
     labels = ("yours", f"template {old[:8]}", f"template {new[:8]}")
     rows, writes = [], []
-    for path in sorted((set(before) | set(after)) - SEED_FILES):
-        outcome, note, write, listed = merge_file(
-            target, path, before.get(path), after.get(path), labels
-        )
+    for path in sorted((set(before) | set(after)) - SEED_FILES - set(moves.values())):
+        if path in moves:
+            source = moves[path]
+            outcome, note, changes, listed = merge_moved(
+                target, source, path, before[source], after[path], labels
+            )
+        else:
+            outcome, note, write, listed = merge_file(
+                target, path, before.get(path), after.get(path), labels
+            )
+            changes = [write] if write else []
         rows.append((path, outcome, note, listed))
-        writes += [write] if write else []
+        writes += changes
     return rows, writes
 
 

@@ -81,7 +81,7 @@ def crash(tmp: Path, log: Path) -> dict:
 
 def imports(tmp: Path, log: Path) -> dict:
     modules = ["mlt_project.data.preprocess", "mlt_project.data.sample_data",
-               "mlt_project.predict", "mlt_project.eval", "mlt_project.train", "lightning"]  # fmt: skip
+               "mlt_project.serve.predict", "mlt_project.training.evaluate", "mlt_project.training.train", "lightning"]  # fmt: skip
     seconds = {}
     for module in modules:
         start = time.perf_counter()
@@ -157,7 +157,9 @@ def bare_gpu_epochs(cfg, epochs: int) -> list[float]:
     if CUDA:
         images, labels = images.pin_memory(), labels.pin_memory()
     model = factories.create_model(cfg).net.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.training.optimization["lr"], weight_decay=0.01
+    )
     times = []
     for _ in range(epochs):
         if CUDA:

@@ -121,60 +121,50 @@ def _drain(fd: int) -> None:
 
 def base_config(root: Path, tmp: Path, **sections: dict):
     """The project's params.yaml, paths inside `tmp`, sections updated with `sections`."""
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
 
     cfg = load_config(root / "template_configs" / "project" / "params.yaml")
     paths = {f.name: str(tmp / f.name) for f in dataclasses.fields(cfg.paths)}
     changes = {"paths": dataclasses.replace(cfg.paths, **paths)}
     for name, values in sections.items():
         section = getattr(cfg, name)
+        if isinstance(section, dict):  # augment: the options of its classes
+            changes[name] = {**section, **values}
+            continue
         known = {f.name for f in dataclasses.fields(section)}
-        changes[name] = dataclasses.replace(
-            section, **{k: v for k, v in values.items() if k in known}
-        )
+        fields = {k: v for k, v in values.items() if k in known}
+        if name == "training":  # the optimizer's keys are its options, not fields
+            options = {k: v for k, v in values.items() if k in section.optimization}
+            fields["optimization"] = {**section.optimization, **options}
+        changes[name] = dataclasses.replace(section, **fields)
     return dataclasses.replace(cfg, **changes)
 
 
-def quiet_warnings(factories_module):
-    """The training warnings filter: in callbacks.py now, in the factories module before."""
-    try:
-        from mlt_project.callbacks import quiet_warnings as found
-    except ImportError:
-        found = getattr(factories_module, "quiet_warnings", contextlib.nullcontext)
-    return found
-
-
-def write_params(cfg, path: Path) -> None:
-    """A config as a params.yaml, for a fresh process to read with load_config (as a project does)."""
-    import yaml
-
-    plain = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, for YAML
-    path.write_text(yaml.safe_dump(plain, sort_keys=False))
-
-
 def factories():
-    """The factories module: `factories` now, `utils` in checkouts before the rename."""
-    try:
-        from mlt_project import factories as module
-    except ImportError:
-        from mlt_project import utils as module
+    """The factories module, which builds what train() builds."""
+    from mlt_project.training import factories as module
+
     return module
 
 
-def write_split(path: Path, images, labels, class_names: list[str]) -> None:
-    """One split in one go: store.write_chunks with made-up source names, or the store's own
-    write_split in checkouts from before it moved here (with names since issue 20)."""
-    import inspect
+def write_params(cfg, path: Path) -> None:
+    """A config as a params.yaml, for a fresh process to read with load_config (as a project
+    does): the keys a section gathers for a signature (networks, the optimizer's) go back to
+    where params.yaml has them."""
+    import yaml
 
+    plain = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, for YAML
+    plain["model"] |= plain["model"].pop("networks")
+    plain["training"] |= plain["training"].pop("optimization")
+    path.write_text(yaml.safe_dump(plain, sort_keys=False))
+
+
+def write_split(path: Path, images, labels, class_names: list[str]) -> None:
+    """One split in one go, with made-up source names."""
     from mlt_project.data import store
 
     names = [f"{i}.png" for i in range(len(labels))]
-    if not hasattr(store, "write_split"):
-        chunk = (images, labels, names)
-        store.write_chunks(path, [chunk], tuple(images.shape[1:]), class_names)
-        return
-    has_names = "file_names" in inspect.signature(store.write_split).parameters
-    store.write_split(path, images, labels, class_names, *([names] if has_names else []))
+    store.write_chunks(path, [(images, labels, names)], tuple(images.shape[1:]), class_names)
 
 
 def write_synthetic(
@@ -294,8 +284,9 @@ def bare_epochs(cfg, epochs: int, train_acc: bool = False) -> list[float]:
     model = create_model(cfg)
     # The project's optimizer (AdamW, the config's weight decay), built directly:
     # configure_optimizers needs a Trainer.
+    settings = cfg.training.optimization
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.training.lr, weight_decay=cfg.training.weight_decay
+        model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"]
     )
     metric = MulticlassAccuracy(cfg.data.num_classes, validate_args=False) if train_acc else None
     times = []
@@ -382,14 +373,14 @@ P7_RECIPE = {
 def missing_keys(root: Path, sections: dict) -> list[str]:
     """The `section.key`s of `sections` that the checkout's params.yaml does not have
     (base_config would drop them silently)."""
-    from mlt_project.config import load_config
+    import yaml
 
-    cfg = load_config(root / "template_configs" / "project" / "params.yaml")
+    params = yaml.safe_load((root / "template_configs" / "project" / "params.yaml").read_text())
     return [
         f"{name}.{key}"
         for name, values in sections.items()
         for key in values
-        if key not in {f.name for f in dataclasses.fields(getattr(cfg, name))}
+        if key not in params.get(name, {})
     ]
 
 
@@ -419,27 +410,21 @@ def train_like_epochs(cfg, epochs: int, channels_last: bool = False) -> list[flo
 
     import lightning as L
 
+    from mlt_project.training.callbacks import quiet_warnings
+    from mlt_project.training.resume import run_fingerprint
+
     module = factories()
+    cfg = dataclasses.replace(
+        cfg, runtime=dataclasses.replace(cfg.runtime, channels_last=channels_last)
+    )
     clock, starts = epoch_clock()
     L.seed_everything(0)
-    trainer = module.create_trainer(cfg, max_epochs=epochs)
+    trainer = module.create_trainer(cfg, fingerprint=run_fingerprint(cfg), max_epochs=epochs)
+    trainer.callbacks.append(clock)
     handler = signal.getsignal(signal.SIGTERM)
     try:
-        from mlt_project.resume import ResumeCheckpoint, run_fingerprint
-
-        every = cfg.runtime.checkpoint_every_n_steps
-        resume = ResumeCheckpoint(cfg.paths.resume_checkpoint, run_fingerprint(cfg), every)
-        trainer.callbacks.append(resume)
-    except ImportError:  # a checkout from before resumable training
-        pass
-    trainer.callbacks.append(clock)
-    try:
         model = module.create_model(cfg)
-        if channels_last:
-            import torch
-
-            model.net.to(memory_format=torch.channels_last)
-        with quiet_warnings(module)():
+        with quiet_warnings():
             trainer.fit(model, datamodule=module.create_datamodule(cfg))
     finally:
         signal.signal(signal.SIGTERM, handler)
@@ -477,11 +462,11 @@ def bare_train_epochs(cfg, epochs: int, channels_last: bool = False) -> list[flo
     net = model.net
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    settings = model.hparams.optimizer
+    settings = model.optimization
     optimizer = torch.optim.AdamW(
-        net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"]
+        net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
-    assert settings["name"] == "adamw" and settings["scheduler"] == "none", settings
+    assert settings.optimizer == "adamw" and settings.scheduler == "none", vars(settings)
     train_acc = MulticlassAccuracy(cfg.data.num_classes, validate_args=False).to(device)
     val_acc = MulticlassAccuracy(cfg.data.num_classes).to(device)
     writer = SummaryWriter(str(Path(cfg.paths.logs) / "bare"))
@@ -723,7 +708,7 @@ def venv_without_bytecode(dest: Path, names: list[str]) -> Path:
 
 def dockerfile_compileall(root: Path, venv: Path, python: Path) -> list[str]:
     """The builder's compileall command for /app/.venv, from the template's Dockerfile."""
-    dockerfile = (root / "template_configs" / "torch-cpu" / "Dockerfile").read_text()
+    dockerfile = (root / "template_configs" / "project" / "Dockerfile").read_text()
     (command,) = re.findall(r"python3 -m compileall [^\n]*?/app/\.venv\b", dockerfile)
     argv = command.split()
     assert argv[:3] == ["python3", "-m", "compileall"], command
@@ -853,7 +838,7 @@ def memprobe(cfg_file: Path) -> None:
     """(subprocess) train one epoch; print how far RSS rose above where it was before, in bytes."""
     import psutil
 
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
 
     create_datamodule, create_model = factories().create_datamodule, factories().create_model
     create_trainer = factories().create_trainer
@@ -1001,7 +986,7 @@ def streamprobe(cfg_file: Path) -> None:
     loader workers over this process before, in MB, as JSON."""
     import psutil
 
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
 
     cfg = load_config(cfg_file)
     datamodule = factories().create_datamodule(cfg)
@@ -1087,7 +1072,7 @@ def rssprobe(cfg_file: Path) -> None:
     """(subprocess) preprocess; print peak RSS of this process and its workers, in MB, as JSON."""
     import psutil
 
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
     from mlt_project.data import preprocess as stage
     from mlt_project.data import store
 
@@ -1141,11 +1126,11 @@ def p4(root: Path, tmp: Path, log: Path) -> dict:
     model = create_model(cfg).eval()
     onnx_file = tmp / "model.onnx"
     try:  # the project's own export (issue 3), when this checkout has it
-        from mlt_project.onnx_export import export_onnx, onnx_session, run_onnx, run_torch
+        from mlt_project.serve.onnx_export import export_onnx, onnx_session, run_onnx, run_torch
 
         with quiet(log):
             export_onnx(model, onnx_file, cfg.data.input_shape, cfg.release.onnx_opset)
-        session, source = onnx_session(onnx_file), "mlt_project.onnx_export"
+        session, source = onnx_session(onnx_file), "mlt_project.serve.onnx_export"
     except ImportError:
         import onnxruntime as ort
 

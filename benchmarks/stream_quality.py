@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="training.seed")
     args = parser.parse_args()
     sys.path.insert(0, str(args.root.resolve() / "src_templates"))
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
     from mlt_project.data.store import split_path, write_chunks
 
     try:  # since issue 20: splits from image content, a file name in every row
@@ -56,7 +56,7 @@ def main() -> None:
         def split_rows(images, labels, data):
             return split_rows_of(labels, data)
 
-    from mlt_project.factories import create_datamodule, create_model, create_trainer
+    from mlt_project.training.factories import create_datamodule, create_model, create_trainer
 
     tmp, size, classes = Path(tempfile.mkdtemp()), args.size, 10
     cfg = load_config(args.root / "template_configs" / "project" / "params.yaml")

@@ -162,7 +162,7 @@ def set_params(project: Path, **changes: object) -> None:
     through YAML, as a user editing the file would: each key must exist already."""
     import yaml
 
-    from mlt_project.config import read_params  # reads DVC's 1e-05 as a number, as projects do
+    from mlt_project.base.config import read_params  # reads DVC's 1e-05 as a number, as projects do
 
     path = project / "params.yaml"
     params = read_params(path)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from helpers import MODULE, REPO, one_error_line, run
-from mlt_project.config import load_config
+from mlt_project.base.config import load_config
 from mlt_project.data.preprocess import preprocess
 from mlt_project.data.store import read_split, split_path
 
@@ -155,7 +155,7 @@ def multilabel_csv(labels: list[str], task: str = "multiclass") -> Callable[[Pat
 @dataclass(frozen=True)
 class Case:
     id: str
-    stage: str  # module under the package (data.preprocess, train, eval, ...), or "bootstrap"
+    stage: str  # module under the package (data.preprocess, training.train, ...), or "bootstrap"
     setup: Callable[[Path], None]
     message: str  # must appear in the one-line error
     args: tuple[str, ...] = ()
@@ -163,14 +163,14 @@ class Case:
 
 
 CASES = [
-    Case("params missing", "train", remove("params.yaml"), "params.yaml not found"),
-    Case("params unparsable", "train", edit_params("model:\n", "model: [\n"), "is not valid YAML at line"),
-    Case("unknown key", "train", edit_params("  lr:", "  learning_rate:"), "unknown key 'training.learning_rate'"),
-    Case("missing key", "train", edit_params("    hidden_size: 128\n", ""), "missing key 'model.mlp.hidden_size'"),
-    Case("network option typo", "train", edit_params("    hidden_size:", "    hiden_size:"), "unknown key 'model.mlp.hiden_size'"),
-    Case("unknown network", "train", edit_params("  name: mlp", "  name: resnet_18"), "did you mean resnet18"),
-    Case("pretrained weights for an own network", "train", edit_params("  pretrained: none", "  pretrained: DEFAULT"), "mlp is defined in model/nets.py and has no published weights"),
-    Case("wrong type", "train", edit_params("  max_epochs: 30", "  max_epochs: '30'"), "key 'training.max_epochs' is '30' (str), expected an integer"),
+    Case("params missing", "training.train", remove("params.yaml"), "params.yaml not found"),
+    Case("params unparsable", "training.train", edit_params("model:\n", "model: [\n"), "is not valid YAML at line"),
+    Case("unknown key", "training.train", edit_params("  lr:", "  learning_rate:"), "unknown key 'training.learning_rate'"),
+    Case("missing key", "training.train", edit_params("    hidden_size: 128\n", ""), "missing key 'model.mlp.hidden_size'"),
+    Case("network option typo", "training.train", edit_params("    hidden_size:", "    hiden_size:"), "unknown key 'model.mlp.hiden_size'"),
+    Case("unknown network", "training.train", edit_params("  name: mlp", "  name: resnet_18"), "did you mean resnet18"),
+    Case("pretrained weights for an own network", "training.train", edit_params("  pretrained: none", "  pretrained: DEFAULT"), "mlp is defined in model/nets.py and has no published weights"),
+    Case("wrong type", "training.train", edit_params("  max_epochs: 30", "  max_epochs: '30'"), "key 'training.max_epochs' is '30' (str), expected an integer"),
     Case("invalid value", "data.preprocess", edit_params("  channels: 1 ", "  channels: 2 "), "channels must be 1 (grayscale) or 3 (RGB)"),
     Case("raw missing", "data.preprocess", remove("data/raw"), "sample_data"),
     Case("raw empty", "data.preprocess", empty_raw, "has no class folders"),
@@ -178,9 +178,9 @@ CASES = [
     Case("corrupt image", "data.preprocess", corrupt_image, "cannot read image data/raw/3/0003.png"),
     Case("corrupt image: the switch to skip it", "data.preprocess", corrupt_image, "replace or remove the file, or set data.skip_corrupt: true"),
     Case("class count differs", "data.preprocess", edit_params("  num_classes: 10", "  num_classes: 9"), "set data.num_classes: 10"),
-    Case("image size differs from checkpoint", "eval", edit_params("  - 8\n  - 8\n", "  - 16\n  - 16\n"), "was trained with input_shape (1, 8, 8) but params.yaml gives (1, 16, 16)"),
-    Case("channels differ from checkpoint", "eval", edit_params("  channels: 1 ", "  channels: 3 "), "retrain with `dvc repro`"),
-    Case("no checkpoint", "eval", remove("models/model.ckpt"), "no checkpoint at models/model.ckpt"),
+    Case("image size differs from checkpoint", "training.evaluate", edit_params("  - 8\n  - 8\n", "  - 16\n  - 16\n"), "was trained with input_shape (1, 8, 8) but params.yaml gives (1, 16, 16)"),
+    Case("channels differ from checkpoint", "training.evaluate", edit_params("  channels: 1 ", "  channels: 3 "), "retrain with `dvc repro`"),
+    Case("no checkpoint", "training.evaluate", remove("models/model.ckpt"), "no checkpoint at models/model.ckpt"),
     Case("bootstrap: bad name", "bootstrap", no_setup, "project name '1bad' is not usable", ("--name", "1bad")),
     Case("bootstrap: file changed", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "exist and differ: params.yaml; nothing was written", ("--torch", "cpu")),
     Case("bootstrap: update of uncommitted changes", "bootstrap", edit_params("  hidden_size: 128", "  hidden_size: 256"), "the project has uncommitted changes (", ("--update",)),
@@ -194,34 +194,34 @@ CASES = [
     Case("multilabel from class folders", "data.preprocess", edit_params("  task: multiclass", "  task: multilabel"), "data.task: multilabel needs data/raw/metadata.csv (class folders give one label an image)"),
     Case("several labels under multiclass", "data.preprocess", multilabel_csv(["cat", "dog", "cat dog"]), "label 'cat dog' looks like several labels (cat, dog) but data.task is multiclass: set data.task: multilabel"),
     Case("multilabel: invalid name", "data.preprocess", multilabel_csv(["cat", "dog", "cat d?g"], "multilabel"), "label 'd?g' is not valid: use up to 64 letters, digits or '_.+-'"),
-    Case("multilabel: processed as multiclass", "train", edit_params("  task: multiclass", "  task: multilabel"), "data/processed/train.parquet holds multiclass labels but data.task is multilabel: rerun `dvc repro preprocess`"),
-    Case("multilabel: checkpoint is multiclass", "eval", edit_params("  task: multiclass", "  task: multilabel"), "was trained with task multiclass but params.yaml gives multilabel: retrain"),
+    Case("multilabel: processed as multiclass", "training.train", edit_params("  task: multiclass", "  task: multilabel"), "data/processed/train.parquet holds multiclass labels but data.task is multilabel: rerun `dvc repro preprocess`"),
+    Case("multilabel: checkpoint is multiclass", "training.evaluate", edit_params("  task: multiclass", "  task: multilabel"), "was trained with task multiclass but params.yaml gives multilabel: retrain"),
     Case("disk full: Parquet", "data.preprocess", disk_full("data/processed/train.parquet"), "no space left on the device while writing data/processed/train.parquet"),
-    Case("mixup alpha below 0", "train", edit_params("  mixup_alpha: 0 ", "  mixup_alpha: -1 "), "section 'augment': mixup_alpha must be 0 (off) or more"),
-    Case("unknown class balance", "train", edit_params("  class_balance: none ", "  class_balance: foo "), "class_balance must be one of none, loss, sampler"),
-    Case("max_time not DD:HH:MM:SS", "train", edit_params("  max_time: ", "  max_time: '10 minutes' "), "max_time '10 minutes' is not DD:HH:MM:SS"),
-    Case("max_time unquoted", "train", edit_params("  max_time: ", "  max_time: 10:00:00:00 "), 'max_time must be quoted, e.g. "00:12:00:00"'),
-    Case("ema decay of 1", "train", edit_params("  ema_decay: 0 ", "  ema_decay: 1.0 "), "ema_decay must be in [0, 1)"),
-    Case("label smoothing of 1", "train", edit_params("  label_smoothing: 0.0 ", "  label_smoothing: 1.0 "), "label_smoothing must be in [0, 1)"),
-    Case("accumulation of 0", "train", edit_params("  accumulate_grad_batches: 1 ", "  accumulate_grad_batches: 0 "), "accumulate_grad_batches must be at least 1"),
-    Case("backbone lr factor without pretrained weights", "train", edit_params("  backbone_lr_factor: 1.0 ", "  backbone_lr_factor: 0.1 "), "backbone_lr_factor below 1 needs a pretrained backbone"),
-    Case("channels_last not a switch", "train", edit_params("  channels_last: auto ", "  channels_last: yes-please "), 'channels_last must be true, false or "auto"'),
-    Case("class-balanced sampler on streamed splits", "train", sampler_streamed, "training.class_balance: sampler needs the splits in memory, and they are streamed (runtime.streaming: true)"),
-    Case("class-balanced sampler for multilabel", "train", sampler_multilabel, "training.class_balance: sampler draws each image by its one class, and data.task: multilabel images have several: use training.class_balance: loss"),
-    Case("batch larger than data", "train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
-    Case("NaN loss", "train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
-    Case("lr finder: range upside down", "lr_find", no_setup, "--min-lr 1 and --max-lr 0.01: need 0 < --min-lr < --max-lr", ("--min-lr", "1", "--max-lr", "0.01")),
-    Case("disk full: metrics", "eval", disk_full("evaluation_results.json"), "no space left on the device while writing evaluation_results.json"),
-    Case("checkpoint from a newer template", "eval", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 3)"),
-    Case("checkpoint of another shape", "eval", edit_checkpoint(other_shape), "does not fit the mlp network as the code builds it now (size mismatch for body.layers.1.weight"),
+    Case("mixup alpha below 0", "training.train", edit_params("  mixup_alpha: 0 ", "  mixup_alpha: -1 "), "section 'augment': mixup_alpha must be 0 (off) or more"),
+    Case("unknown class balance", "training.train", edit_params("  class_balance: none ", "  class_balance: foo "), "class_balance must be one of none, loss, sampler"),
+    Case("max_time not DD:HH:MM:SS", "training.train", edit_params("  max_time: ", "  max_time: '10 minutes' "), "max_time '10 minutes' is not DD:HH:MM:SS"),
+    Case("max_time unquoted", "training.train", edit_params("  max_time: ", "  max_time: 10:00:00:00 "), 'max_time must be quoted, e.g. "00:12:00:00"'),
+    Case("ema decay of 1", "training.train", edit_params("  ema_decay: 0 ", "  ema_decay: 1.0 "), "ema_decay must be in [0, 1)"),
+    Case("label smoothing of 1", "training.train", edit_params("  label_smoothing: 0.0 ", "  label_smoothing: 1.0 "), "label_smoothing must be in [0, 1)"),
+    Case("accumulation of 0", "training.train", edit_params("  accumulate_grad_batches: 1 ", "  accumulate_grad_batches: 0 "), "accumulate_grad_batches must be at least 1"),
+    Case("backbone lr factor without pretrained weights", "training.train", edit_params("  backbone_lr_factor: 1.0 ", "  backbone_lr_factor: 0.1 "), "backbone_lr_factor below 1 needs a pretrained backbone"),
+    Case("channels_last not a switch", "training.train", edit_params("  channels_last: auto ", "  channels_last: yes-please "), 'channels_last must be true, false or "auto"'),
+    Case("class-balanced sampler on streamed splits", "training.train", sampler_streamed, "training.class_balance: sampler needs the splits in memory, and they are streamed (runtime.streaming: true)"),
+    Case("class-balanced sampler for multilabel", "training.train", sampler_multilabel, "training.class_balance: sampler draws each image by its one class, and data.task: multilabel images have several: use training.class_balance: loss"),
+    Case("batch larger than data", "training.train", edit_params("  batch_size: 64", "  batch_size: 5000"), "training.batch_size 5000 is larger than the training split"),
+    Case("NaN loss", "training.train", edit_params("  lr: 0.003", "  lr: 1.0e+30"), "training loss became nan at epoch 0"),
+    Case("lr finder: range upside down", "training.lr_find", no_setup, "--min-lr 1 and --max-lr 0.01: need 0 < --min-lr < --max-lr", ("--min-lr", "1", "--max-lr", "0.01")),
+    Case("disk full: metrics", "training.evaluate", disk_full("evaluation_results.json"), "no space left on the device while writing evaluation_results.json"),
+    Case("checkpoint from a newer template", "training.evaluate", edit_checkpoint(newer_format), "written by a newer template (checkpoint format 99; this project reads up to 3)"),
+    Case("checkpoint of another shape", "training.evaluate", edit_checkpoint(other_shape), "does not fit the mlp network as the code builds it now (size mismatch for body.layers.1.weight"),
     Case("release: bad version", "scripts.release", no_setup, "release version 'v 1' is not usable", ("export-onnx", "--version", "v 1")),
     Case("release: not evaluated", "scripts.release", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`", ("export-onnx",)),
-    Case("predict: no released model", "predict", no_setup, "releases/model_info.json not found", ("data/raw/3",)),
-    Case("predict: corrupt model_info.json", "predict", write("releases/model_info.json", '{"version": '), "releases/model_info.json is not valid JSON (Expecting value at line 1)", ("data/raw/3",)),
+    Case("predict: no released model", "serve.predict", no_setup, "releases/model_info.json not found", ("data/raw/3",)),
+    Case("predict: corrupt model_info.json", "serve.predict", write("releases/model_info.json", '{"version": '), "releases/model_info.json is not valid JSON (Expecting value at line 1)", ("data/raw/3",)),
     Case("release: corrupt metrics", "scripts.release", write("evaluation_results.json", "{"), "evaluation_results.json is not valid JSON", ("export-onnx",)),
-    Case("export: metrics missing", "scripts.export", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`"),
+    Case("export: metrics missing", "release.export", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`"),
     Case("sample data: raw not empty", "data.sample_data", no_setup, "data/raw is not empty: pass --force"),
-    Case("distributed: Batch variables partly set", "distributed", no_setup, "AWS_BATCH_JOB_NUM_NODES", env=(("AWS_BATCH_JOB_NODE_INDEX", "0"),)),
+    Case("distributed: Batch variables partly set", "scripts.distributed", no_setup, "AWS_BATCH_JOB_NUM_NODES", env=(("AWS_BATCH_JOB_NODE_INDEX", "0"),)),
     Case("register model: bad tag", "scripts.register_model", no_setup, "--tag 'a b' cannot be part of a git tag", ("--tag", "a b")),
     Case("benchmark: bad batch size", "scripts.export_and_benchmark", no_setup, "batch sizes and --iterations must be at least 1", ("--batch-sizes", "0")),
     Case("dvc remote: not an s3 URI", "scripts.dvc_remote", no_setup, "DVC_S3_URI='my-bucket/data' is not s3://bucket[/prefix]", env=(("DVC_S3_URI", "my-bucket/data"),)),
@@ -261,7 +261,7 @@ def test_the_suite_covers_every_command():
         if 'if __name__ == "__main__":' in path.read_text()
     }
     assert len(commands) >= 13, commands
-    listed = (package / "cli.py").read_text().split('"""')[1].split("\n\n")[2]
+    listed = (package / "base" / "cli.py").read_text().split('"""')[1].split("\n\n")[2]
     assert set(listed.split()) == commands
     assert {case.stage for case in CASES} == commands | {"bootstrap"}
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from helpers import FAKE_AWS, MODULE, NO_AWS, one_error_line, set_params, sh
-from mlt_project.cluster import node_env, require_rendezvous, shell_exports
-from mlt_project.errors import PipelineError
+from mlt_project.base.errors import PipelineError
+from mlt_project.deploy.aws.cluster import node_env, shell_exports
+from mlt_project.training.factories import require_rendezvous
 
 BATCH_VARS = {
     "AWS_BATCH_JOB_NODE_INDEX": "0",
@@ -74,8 +75,8 @@ def test_bad_node_variables_are_one_line_errors(environ, message):
 def test_trainer_uses_ddp_for_several_devices_and_refuses_nodes_without_rendezvous(monkeypatch):
     import dataclasses
 
-    from mlt_project.config import load_config
-    from mlt_project.factories import create_trainer
+    from mlt_project.base.config import load_config
+    from mlt_project.training.factories import create_trainer
 
     base = load_config(Path(__file__).parent.parent / "template_configs/project/params.yaml")
     training = dataclasses.replace(base.training, accelerator="cpu", devices=2)

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 from helpers import GIT_IDENTITY
-from mlt_project.errors import PipelineError
-from mlt_project.scripts.gitrepo import head_commit, require_clean_tree
+from mlt_project.base.errors import PipelineError
+from mlt_project.release.gitrepo import head_commit, require_clean_tree
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import MODULE, run
-from mlt_project.errors import REDACTED, RedactSecrets, redact
+from mlt_project.base.errors import REDACTED, RedactSecrets, redact
 
 # What a leaked credential looks like (the patterns of gitleaks and GitHub secret scanning).
 CREDENTIALS = {
@@ -98,7 +98,8 @@ def test_no_credential_is_committed_or_sent_to_docker_build(project_copy):
     committed = git_files(project_copy)
     context = docker_context(project_copy)
     assert ".env" not in committed and ".env" not in context
-    assert "params.yaml" in context and "src/digits_e2e/train.py" in context  # the matcher works
+    # The matcher works: what the image needs is in the context.
+    assert "params.yaml" in context and "src/digits_e2e/training/train.py" in context
     assert "data/raw/3/0003.png" not in context and "models/model.ckpt" not in context
     # The scan finds the planted credentials where they are...
     assert credentials_in(project_copy, [".env"]) == [
@@ -129,7 +130,7 @@ def test_log_lines_are_redacted(monkeypatch):
 def test_an_error_message_never_shows_a_secret(project_copy):
     """A secret pasted into the wrong variable: the message names the variable, not the value."""
     result = run(
-        sys.executable, "-m", f"{MODULE}.distributed", cwd=project_copy, check=False,
+        sys.executable, "-m", f"{MODULE}.scripts.distributed", cwd=project_copy, check=False,
         PYTHONPATH=str(project_copy / "src"),
         AWS_SECRET_ACCESS_KEY=FAKE_SECRET, MASTER_PORT=FAKE_SECRET,
         AWS_BATCH_JOB_NODE_INDEX="0", AWS_BATCH_JOB_NUM_NODES="1", AWS_BATCH_JOB_MAIN_NODE_INDEX="0",

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from helpers import REPO
-from mlt_project import env
-from mlt_project.errors import PipelineError
-from mlt_project.onnx_runtime import INFO_FILE, MODEL_FILE
-from mlt_project.scripts import aws
+from mlt_project.base import env
+from mlt_project.base.errors import PipelineError
+from mlt_project.deploy.aws import settings as aws
+from mlt_project.serve.onnx_runtime import INFO_FILE, MODEL_FILE
 
 OLD_NAMES = ("DVC_S3_BUCKET_NAME", "MODEL_RELEASE_S3_BUCKET", "MODEL_RELEASE_S3_PREFIX")
 
@@ -87,7 +87,7 @@ def test_params_yaml_is_written_as_dvc_writes_it_back(tmp_path):
     writes (1e-05 for a small float, empty for none) reads back as the same values."""
     from dvc.utils.serialize import modify_yaml
 
-    from mlt_project.config import load_config
+    from mlt_project.base.config import load_config
 
     template = REPO / "template_configs" / "project" / "params.yaml"
     params = tmp_path / "params.yaml"

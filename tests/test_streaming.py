@@ -24,11 +24,11 @@ import yaml
 from PIL import Image
 
 from helpers import free_port
-from mlt_project.callbacks import quiet_warnings
-from mlt_project.config import load_config, read_params
+from mlt_project.base.config import load_config, read_params
 from mlt_project.data import preprocess as stage
 from mlt_project.data.store import split_path, write_chunks
-from mlt_project.factories import create_datamodule, create_model, create_trainer
+from mlt_project.training.callbacks import quiet_warnings
+from mlt_project.training.factories import create_datamodule, create_model, create_trainer
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = REPO / "template_configs" / "project" / "params.yaml"
@@ -52,8 +52,7 @@ def config(root: Path, **runtime):
             accelerator="cpu",
             devices=1,
             precision="32-true",
-            scheduler="none",
-            warmup_epochs=0,
+            optimization={**cfg.training.optimization, "scheduler": "none", "warmup_epochs": 0},
         ),
         runtime=dataclasses.replace(
             cfg.runtime,
@@ -138,7 +137,7 @@ RANK = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import numpy as np, torch.distributed as dist
-    from mlt_project.data.datamodule import ImageDataModule
+    from mlt_project.training.datamodule import ImageDataModule
     dist.init_process_group("gloo")
     def loader(folder):
         data = ImageDataModule(folder, 8, 8, num_workers=2, streaming=True, seed=3)
@@ -227,7 +226,7 @@ def ddp_project(root: Path) -> list[str]:
     params["training"].update(precision="32-true")
     params["runtime"].update(streaming=True, loader_workers=2, checkpoint_every_n_steps=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return [sys.executable, "-m", "mlt_project.train"]
+    return [sys.executable, "-m", "mlt_project.training.train"]
 
 
 def ddp_env() -> dict[str, str]:

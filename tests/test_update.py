@@ -2,24 +2,30 @@
 
 The template repo has two real commits: A is this working tree, B changes, adds and removes
 template files. A project is baked at A (once per module, then copied), the user edits it, the
-submodule is checked out at B, and the script runs as a user runs it.
+submodule is checked out at B, and the script runs as a user runs it. The files the template
+moves (bootstrap.MOVED) get a template repo of their own, whose commits move two modules; one
+that the template restructures as it moves it gets another.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import stat
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 import bootstrap
+from helpers import REPO as REPO_ROOT
 from helpers import bootstrap as run_bootstrap
 from helpers import git, make_host, make_template_repo, one_bootstrap_error, run
 
-OUTCOMES = {"updated", "unchanged", "kept", "conflict", "new", "removed"}
+OUTCOMES = {"updated", "unchanged", "kept", "conflict", "new", "removed", "moved"}
 SUBMODULE = ".ml-aws-template"
 RECORD = bootstrap.RECORD_FILE
 
@@ -64,7 +70,7 @@ def commit_b(template: Path) -> None:
         f.write(B_PARAMS)
     lines = (project / "dvc.yaml").read_text().splitlines(keepends=True)
     (project / "dvc.yaml").write_text(B_DVC + "".join(lines[1:]))
-    for name, line in (("train.py", B_TRAIN), ("config.py", B_CONFIG)):
+    for name, line in (("training/train.py", B_TRAIN), ("base/config.py", B_CONFIG)):
         with (package / name).open("a") as f:
             f.write(line)
     with (project / "dot-gitignore").open("a") as f:
@@ -72,7 +78,7 @@ def commit_b(template: Path) -> None:
     (project / "NOTES.md").write_text(B_NOTES)
     (project / "CHANGELOG.md").write_text(B_CHANGELOG)
     (project / "dot-dvcignore").unlink()
-    (package / "errors.py").unlink()
+    (package / "base" / "errors.py").unlink()
     git("add", "-A", cwd=template)
     git("commit", "--quiet", "-m", "B", cwd=template)
 
@@ -127,9 +133,9 @@ def edit_as_user(host: Path, overlapping: bool, commit: bool = True) -> None:
     gitignore.write_text(USER_GITIGNORE_TOP + gitignore.read_text() + USER_GITIGNORE_END)
     with (host / ".dvcignore").open("a") as f:
         f.write(USER_DVCIGNORE)
-    with (host / "src" / "cats" / "errors.py").open("a") as f:
+    with (host / "src" / "cats" / "base" / "errors.py").open("a") as f:
         f.write(USER_ERRORS)
-    (host / "src" / "cats" / "config.py").unlink()
+    (host / "src" / "cats" / "base" / "config.py").unlink()
     if overlapping:
         lines = (host / "dvc.yaml").read_text().splitlines(keepends=True)
         (host / "dvc.yaml").write_text(USER_DVC + "".join(lines[1:]))
@@ -176,8 +182,8 @@ def assert_user_lines_kept(host: Path, overlapping: bool) -> None:
     gitignore = (host / ".gitignore").read_text()
     assert gitignore.startswith(USER_GITIGNORE_TOP) and gitignore.endswith(USER_GITIGNORE_END)
     assert USER_DVCIGNORE in (host / ".dvcignore").read_text()
-    assert USER_ERRORS in (host / "src" / "cats" / "errors.py").read_text()
-    assert not (host / "src" / "cats" / "config.py").exists()
+    assert USER_ERRORS in (host / "src" / "cats" / "base" / "errors.py").read_text()
+    assert not (host / "src" / "cats" / "base" / "config.py").exists()
     if overlapping:
         assert USER_DVC in (host / "dvc.yaml").read_text()
         assert USER_CHANGELOG in (host / "CHANGELOG.md").read_text()
@@ -190,19 +196,19 @@ def assert_user_lines_kept(host: Path, overlapping: bool) -> None:
 EXPECTED_CLEAN = {
     "params.yaml": "updated",  # user prepended, B appended: merged
     "dvc.yaml": "updated",  # B only
-    "src/cats/train.py": "updated",  # B only
-    "src/cats/config.py": "kept",  # user deleted it, B changed it: stays deleted
+    "src/cats/training/train.py": "updated",  # B only
+    "src/cats/base/config.py": "kept",  # user deleted it, B changed it: stays deleted
     ".gitignore": "updated",  # the block gets B's line; the user's lines around it stay
     "NOTES.md": "new",
     "CHANGELOG.md": "new",
     ".dvcignore": "removed",  # the block goes; the user's line after it stays
-    "src/cats/errors.py": "removed",  # user changed it: left in place
+    "src/cats/base/errors.py": "removed",  # user changed it: left in place
 }
 EXPECTED_CONFLICT = {**EXPECTED_CLEAN, "dvc.yaml": "conflict", "CHANGELOG.md": "conflict"}
 
 
 def test_update_merges_edits_that_do_not_overlap(host, a, b):
-    fresh = (host / "src" / "cats" / "train.py").read_text()
+    fresh = (host / "src" / "cats" / "training" / "train.py").read_text()
     edit_as_user(host, overlapping=False)
     move_submodule(host, b)
     start = time.perf_counter()
@@ -211,7 +217,7 @@ def test_update_merges_edits_that_do_not_overlap(host, a, b):
     print(f"\n--update on a generated project (subprocess, cold): {seconds:.2f} s")
 
     assert outcomes(result.stdout) == EXPECTED_CLEAN
-    assert "removed    src/cats/errors.py  (upstream; left in place: you changed it)" in (
+    assert "removed    src/cats/base/errors.py  (upstream; left in place: you changed it)" in (
         result.stdout
     )
     assert "other file(s): nothing to do" in result.stdout
@@ -219,7 +225,7 @@ def test_update_merges_edits_that_do_not_overlap(host, a, b):
     assert params.startswith(USER_PARAMS) and params.endswith(B_PARAMS)
     assert (host / "dvc.yaml").read_text().startswith("# B: first line of dvc.yaml for cats\n")
     assert (
-        host / "src" / "cats" / "train.py"
+        host / "src" / "cats" / "training" / "train.py"
     ).read_text() == fresh + "# B: appended to cats.train\n"
     assert (host / "NOTES.md").read_text() == "# cats notes\n"
     assert (host / ".dvcignore").read_text() == USER_DVCIGNORE
@@ -372,7 +378,7 @@ def test_check_lists_what_would_change_until_updated(host, a, b):
     assert outcomes(result.stdout) == {
         "params.yaml": "updated",
         "dvc.yaml": "updated",
-        "src/cats/train.py": "updated",
+        "src/cats/training/train.py": "updated",
         "NOTES.md": "new",
         "CHANGELOG.md": "new",
         ".dvcignore": "removed",
@@ -476,18 +482,17 @@ def test_check_fails_on_a_newer_version_that_changes_no_file(host, a):
 
 # --- a file that moves between template folders ------------------------------------------------
 
-MOVED = ("Dockerfile", "aws/batch-job.json", "aws/batch-job-multinode.json")
-USER_DOCKERFILE = "LABEL org.opencontainers.image.vendor=cats\n"
+DEPLOY_FILES = ("aws/batch-job.json", "aws/batch-job-multinode.json")
 
 
 def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_path):
-    """The deploy files were once shared (template_configs/project/, the CUDA ones) and are now
-    per variant (torch-cpu/, torch-cu128/). The destination is what --update merges by, so a
-    cpu project gets the cpu files as `updated`, with the user's edits kept; a cu128 project,
-    whose files did not change, gets nothing to do."""
+    """The Batch job definitions were once shared (template_configs/project/, the GPU ones) and
+    are now per variant (torch-cpu/, torch-cu128/). The destination is what --update merges by,
+    so a cpu project gets the cpu files as `updated`, with the user's edits kept; a cu128
+    project, whose files did not change, gets nothing to do."""
     template = make_template_repo(tmp_path / "template" / "ml-aws-template")
     configs = template / "template_configs"
-    for path in MOVED:
+    for path in DEPLOY_FILES:
         (configs / "project" / path).parent.mkdir(parents=True, exist_ok=True)
         (configs / "torch-cu128" / path).rename(configs / "project" / path)
         (configs / "torch-cpu" / path).unlink()
@@ -501,10 +506,8 @@ def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_
         host = make_host(tmp_path / variant / "cats", template)
         move_submodule(host, old)
         run_bootstrap(host, "--torch", variant)
-        assert "nvidia/cuda" in (host / "Dockerfile").read_text()
-        with (host / "Dockerfile").open("a") as f:
-            f.write(USER_DOCKERFILE)
         job = host / "aws" / "batch-job.json"
+        assert "GPU" in job.read_text()
         job.write_text(
             job.read_text().replace(
                 '"attemptDurationSeconds": 86400', '"attemptDurationSeconds": 7200'
@@ -514,16 +517,707 @@ def test_a_file_moved_into_the_variant_folders_merges_as_an_ordinary_update(tmp_
         move_submodule(host, new)
         result = run_bootstrap(host, "--update")
         rows = outcomes(result.stdout)
-        dockerfile = (host / "Dockerfile").read_text()
         definition = json.loads(job.read_text())
-        assert dockerfile.endswith(USER_DOCKERFILE)
         assert definition["timeout"]["attemptDurationSeconds"] == 7200
+        reserved = {r["type"] for r in definition["containerProperties"]["resourceRequirements"]}
         if variant == "cpu":
-            assert rows == {path: "updated" for path in MOVED}
-            assert "nvidia/cuda" not in dockerfile and "FROM python:3.12-slim" in dockerfile
-            reserved = definition["containerProperties"]["resourceRequirements"]
-            assert "GPU" not in {r["type"] for r in reserved}
+            assert rows == {path: "updated" for path in DEPLOY_FILES}
+            assert "GPU" not in reserved
         else:
             assert rows == {}
-            assert "nvidia/cuda" in dockerfile
+            assert "GPU" in reserved
         assert record(host)["template_version"] == new
+
+
+# --- files the template moves (bootstrap.MOVED) ------------------------------------------------
+# Commit A adds two modules of the test's own to this working tree, so that the tests do not
+# depend on where the template keeps its real modules. M1 moves both, appends to scores and
+# makes it executable, and adds them to MOVED; M2 moves labels again and changes its last line.
+
+SCORES = ("src/mlt_project/scores.py", "src/mlt_project/scoring/scores.py")
+LABELS = (
+    "src/mlt_project/labels_table.py",
+    "src/mlt_project/tables/labels.py",
+    "src/mlt_project/catalog/labels.py",
+)
+SCORES_A = '''"""The scores of mlt_project: a module the template moves."""
+
+
+def accuracy(correct: int, total: int) -> float:
+    return correct / total
+'''
+SCORES_M1_TAIL = """
+
+def error_rate(correct: int, total: int) -> float:
+    return 1 - accuracy(correct, total)
+"""
+LABELS_A = '''"""The labels of mlt_project: a module the template moves twice."""
+
+LABELS = ("cat", "dog")
+
+
+def label_count() -> int:
+    return len(LABELS)
+'''
+LABELS_M2 = LABELS_A.replace("return len(LABELS)", "return len(set(LABELS))")
+USER_TOP = "# user: my note at the top\n"
+USER_TAIL = """
+
+def my_score() -> float:
+    return 0.5
+"""
+
+
+def cats(path_or_text: str) -> str:
+    """A template path or text as the `cats` project has it."""
+    return path_or_text.replace("mlt_project", "cats")
+
+
+def source(destination: str) -> str:
+    """The template file of a destination under src/."""
+    return destination.replace("src/", "src_templates/", 1)
+
+
+def declare_moves(template: Path, moves: dict[str, str]) -> None:
+    """Add `moves` to MOVED in the template's bootstrap.py, as a release that moves files does."""
+    script = template / "bootstrap.py"
+    text = script.read_text()
+    main = '\nif __name__ == "__main__":'
+    assert text.count(main) == 1
+    script.write_text(text.replace(main, f"\nMOVED.update({moves!r})\n{main}"))
+
+
+def move_in_template(template: Path, old: str, new: str) -> None:
+    (template / source(new)).parent.mkdir(parents=True, exist_ok=True)
+    git("mv", source(old), source(new), cwd=template)
+
+
+@pytest.fixture(scope="module")
+def moving(tmp_path_factory) -> tuple[Path, str, str, str]:
+    """(host baked at A with the submodule at A, A, M1, M2)."""
+    template = make_template_repo(tmp_path_factory.mktemp("moving") / "ml-aws-template")
+    for path in (*SCORES, *LABELS):
+        assert not (template / source(path)).exists(), f"{path}: pick another name for the test"
+    (template / source(SCORES[0])).write_text(SCORES_A)
+    (template / source(LABELS[0])).write_text(LABELS_A)
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "A: two modules", cwd=template)
+    a = git("rev-parse", "HEAD", cwd=template)
+
+    move_in_template(template, *SCORES)
+    move_in_template(template, *LABELS[:2])
+    scores = template / source(SCORES[1])
+    scores.write_text(SCORES_A + SCORES_M1_TAIL)
+    scores.chmod(0o755)
+    declare_moves(template, {SCORES[0]: SCORES[1], LABELS[0]: LABELS[1]})
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "M1: move both", cwd=template)
+    m1 = git("rev-parse", "HEAD", cwd=template)
+
+    move_in_template(template, *LABELS[1:])
+    (template / source(LABELS[2])).write_text(LABELS_M2)
+    declare_moves(template, {LABELS[1]: LABELS[2]})
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "M2: move labels again", cwd=template)
+    m2 = git("rev-parse", "HEAD", cwd=template)
+
+    host = make_host(tmp_path_factory.mktemp("moving-host") / "cats", template)
+    git("checkout", "--quiet", a, cwd=host / SUBMODULE)
+    run_bootstrap(host, "--torch", "cpu")
+    commit_all(host, "bootstrap")
+    assert (host / cats(SCORES[0])).read_text() == cats(SCORES_A)
+    return host, a, m1, m2
+
+
+@pytest.fixture
+def moving_host(moving, tmp_path) -> Path:
+    copy = tmp_path / "cats"
+    shutil.copytree(moving[0], copy, symlinks=True)
+    return copy
+
+
+def edit_module(host: Path, path: str, top: str = "", tail: str = "") -> str:
+    """Add the user's lines to a module of the project; return its new text."""
+    module = host / cats(path)
+    text = top + module.read_text() + tail
+    module.write_text(text)
+    return text
+
+
+def test_moved_files_the_user_did_not_touch_move(moving_host, moving):
+    _, _, m1, _ = moving
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update")
+    assert outcomes(result.stdout) == {cats(SCORES[1]): "moved", cats(LABELS[1]): "moved"}
+    assert f"  moved      {cats(SCORES[1])}  (from {cats(SCORES[0])})\n" in result.stdout
+    scores = moving_host / cats(SCORES[1])
+    assert scores.read_text() == cats(SCORES_A + SCORES_M1_TAIL)
+    assert stat.S_IMODE(scores.stat().st_mode) == 0o755  # the template made it executable
+    assert (moving_host / cats(LABELS[1])).read_text() == cats(LABELS_A)
+    for old in (SCORES[0], LABELS[0]):
+        assert not (moving_host / cats(old)).exists()
+    assert record(moving_host)["template_version"] == m1
+    commit_all(moving_host, "update")
+    assert run_bootstrap(moving_host, "--check").returncode == 0
+
+
+def test_moved_file_the_user_edited_is_merged_into_its_new_path(moving_host, moving):
+    _, a, m1, _ = moving
+    mine = edit_module(moving_host, SCORES[0], top=USER_TOP)
+    commit_all(moving_host, "user edits")
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update")
+
+    assert outcomes(result.stdout) == {cats(SCORES[1]): "moved", cats(LABELS[1]): "moved"}
+    old, new = cats(SCORES[0]), cats(SCORES[1])
+    note = f"from {old}, merged with your changes; {old} left in place: delete it once you have"
+    assert f"  moved      {new}  ({note} checked)\n" in result.stdout
+    # B's appended function and the user's top line, in the new file; the old one as it was.
+    assert (moving_host / new).read_text() == USER_TOP + cats(SCORES_A + SCORES_M1_TAIL)
+    assert stat.S_IMODE((moving_host / new).stat().st_mode) == 0o755
+    assert (moving_host / old).read_text() == mine
+    assert not (moving_host / cats(LABELS[0])).exists()
+    assert record(moving_host)["template_version"] == m1 != a
+
+
+def test_moved_file_with_overlapping_edits_conflicts_in_its_new_path(moving_host, moving):
+    _, a, m1, _ = moving
+    mine = edit_module(moving_host, SCORES[0], tail=USER_TAIL)
+    commit_all(moving_host, "user edits")
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update", check=False)
+
+    assert result.returncode == 1
+    old, new = cats(SCORES[0]), cats(SCORES[1])
+    line = one_bootstrap_error(result.stderr)
+    assert f"1 conflict(s) left in {new}" in line and f"--adopt {m1}" in line
+    assert outcomes(result.stdout) == {new: "conflict", cats(LABELS[1]): "moved"}
+    assert f"(from {old}: you both changed the same lines; {old} left in place" in result.stdout
+    merged = (moving_host / new).read_text()
+    assert merged.startswith(cats(SCORES_A)) and "<<<<<<< yours\n" in merged
+    assert f">>>>>>> template {m1[:8]}\n" in merged
+    assert "def my_score()" in merged and "def error_rate(" in merged  # nothing lost
+    assert (moving_host / old).read_text() == mine
+    assert (moving_host / cats(LABELS[1])).read_text() == cats(LABELS_A)  # written all the same
+    assert record(moving_host)["template_version"] == a
+
+    # A rerun finds the new file there: no move, no nested markers, the old file left alone.
+    rerun = run_bootstrap(moving_host, "--update", "--allow-dirty", check=False)
+    assert rerun.returncode == 1
+    assert outcomes(rerun.stdout) == {new: "conflict", old: "removed"}
+    assert (moving_host / new).read_text() == merged
+    assert (moving_host / old).read_text() == mine
+
+
+def test_moved_file_the_user_deleted_stays_deleted(moving_host, moving):
+    _, _, m1, _ = moving
+    (moving_host / cats(SCORES[0])).unlink()
+    commit_all(moving_host, "user deletes scores")
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update")
+    assert outcomes(result.stdout) == {cats(SCORES[1]): "kept", cats(LABELS[1]): "moved"}
+    assert f"  kept       {cats(SCORES[1])}  (from {cats(SCORES[0])}: you deleted it)\n" in (
+        result.stdout
+    )
+    assert not (moving_host / cats(SCORES[0])).exists()
+    assert not (moving_host / cats(SCORES[1])).parent.exists()
+    assert record(moving_host)["template_version"] == m1
+
+
+def test_a_project_two_versions_back_follows_a_chain_of_moves(moving_host, moving):
+    """labels moved a -> b in M1 and b -> c in M2: a project at A goes a -> c, edits and all."""
+    _, _, _, m2 = moving
+    mine = edit_module(moving_host, LABELS[0], top=USER_TOP)
+    commit_all(moving_host, "user edits")
+    move_submodule(moving_host, m2)
+    result = run_bootstrap(moving_host, "--update")
+
+    assert outcomes(result.stdout) == {cats(SCORES[1]): "moved", cats(LABELS[2]): "moved"}
+    assert f"  moved      {cats(LABELS[2])}  (from {cats(LABELS[0])}, merged" in result.stdout
+    assert (moving_host / cats(LABELS[2])).read_text() == USER_TOP + cats(LABELS_M2)
+    assert (moving_host / cats(LABELS[0])).read_text() == mine
+    assert not (moving_host / cats(LABELS[1])).parent.exists()  # never written
+    assert record(moving_host)["template_version"] == m2
+
+
+def test_dry_run_and_check_list_moves_and_write_nothing(moving_host, moving):
+    _, a, m1, _ = moving
+    edit_module(moving_host, SCORES[0], top=USER_TOP)
+    commit_all(moving_host, "user edits")
+    move_submodule(moving_host, m1)
+    before = snapshot(moving_host)
+    expected = {cats(SCORES[1]): "moved", cats(LABELS[1]): "moved"}
+    dry = run_bootstrap(moving_host, "--update", "--dry-run")
+    assert outcomes(dry.stdout) == expected
+    assert f"(from {cats(SCORES[0])}, merged with your changes;" in dry.stdout
+    check = run_bootstrap(moving_host, "--check", check=False)
+    assert check.returncode == 1
+    assert outcomes(check.stdout) == expected
+    assert snapshot(moving_host) == before
+    assert record(moving_host)["template_version"] == a
+
+
+def test_a_file_of_the_users_at_the_new_path_is_no_move(moving_host, moving):
+    """The user made the new path already: neither file is overwritten. The old one is `removed`
+    as it would be without MOVED (deleted: the user never changed it), and the new one is merged
+    against nothing, so both versions are in it between markers."""
+    _, _, m1, _ = moving
+    own = moving_host / cats(SCORES[1])
+    own.parent.mkdir()
+    own.write_text(USER_TAIL)
+    commit_all(moving_host, "the user's own scoring module")
+    move_submodule(moving_host, m1)
+    result = run_bootstrap(moving_host, "--update", check=False)
+    assert result.returncode == 1
+    assert outcomes(result.stdout) == {
+        cats(SCORES[0]): "removed",
+        cats(SCORES[1]): "conflict",
+        cats(LABELS[1]): "moved",
+    }
+    merged = own.read_text()
+    assert "<<<<<<< yours\n" in merged and "def my_score()" in merged
+    assert "def error_rate(" in merged
+    assert not (moving_host / cats(SCORES[0])).exists()
+
+
+def test_failed_update_undoes_a_move(moving_host, moving, monkeypatch):
+    _, _, m1, _ = moving
+    move_submodule(moving_host, m1)
+    before = snapshot(moving_host)
+    monkeypatch.setattr(bootstrap, "TEMPLATE_DIR", moving_host / SUBMODULE)
+    monkeypatch.setattr(bootstrap, "MOVED", {SCORES[0]: SCORES[1], LABELS[0]: LABELS[1]})
+    real_write = bootstrap.write_atomic
+    calls: list[str] = []
+
+    def flaky_write(path, content, mode):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_write(path, content, mode)
+
+    monkeypatch.setattr(bootstrap, "write_atomic", flaky_write)
+    with pytest.raises(OSError):
+        bootstrap.main(["--target", str(moving_host), "--update"])
+    # scoring/scores.py was written and scores.py deleted before labels failed: both undone
+    # (the third write puts the old scores.py back).
+    assert calls == ["scores.py", "labels.py", "scores.py"]
+    assert {k: v[:2] for k, v in snapshot(moving_host).items()} == {
+        k: v[:2] for k, v in before.items()
+    }
+    assert not (moving_host / cats(SCORES[1])).parent.exists()
+
+
+def test_moved_table_names_files_the_template_has():
+    """Every entry of the real table is a destination path, and each chain of moves ends at a file
+    the template writes now (a typo in a new path would leave the user's file behind)."""
+    values = {"project_name": "cats", "module_name": "cats"}
+    rendered = bootstrap.render_tree(values, "cpu")
+    fixed = {p.as_posix() for p in bootstrap.SEED_FILES | bootstrap.MERGED_FILES}
+    for old, new in bootstrap.MOVED.items():
+        for path in (old, new):
+            assert Path(path).as_posix() == path and not Path(path).is_absolute(), path
+            assert ".." not in Path(path).parts and path not in fixed, path
+        end, seen = new, {old}
+        while end in bootstrap.MOVED and end not in seen:
+            seen.add(end)
+            end = bootstrap.MOVED[end]
+        assert Path(cats(end)) in rendered, f"{old} moves to {end}, which the template lacks"
+
+
+# --- a moved file the template restructured (bootstrap.relocate) ------------------------------
+# Commit A adds a module of module-level functions; R moves it and rewrites it as a class whose
+# methods hold some of the old lines, re-indented, among new ones (a local import, a blank
+# line), changes one of them, and splits the rest into two new modules. git merge-file conflicts
+# on the whole rewritten file; the user's edits are re-applied where their lines are now.
+
+METRICS = ("src/mlt_project/metric_fns.py", "src/mlt_project/tasks/metric_tasks.py")
+SPECS = "src/mlt_project/tasks/metric_specs.py"
+LOSSES = "src/mlt_project/tasks/losses.py"
+METRICS_A = """\
+\"\"\"The metrics of mlt_project: a module the template restructures as it moves it.\"\"\"
+
+import math
+
+
+def metric(name: str, num_classes: int, top_k: int = 1) -> dict[str, object]:
+    return {"name": name, "num_classes": num_classes, "top_k": top_k}
+
+
+def multiclass_metrics(num_classes: int, average: str = "micro") -> dict[str, dict]:
+    \"\"\"The metrics of a multiclass task, by name.\"\"\"
+    accuracy = metric("accuracy", num_classes, top_k=1)
+    return {"accuracy": accuracy}
+
+
+def multiclass_decision(probabilities: list[float]) -> int:
+    \"\"\"The class of highest probability.\"\"\"
+    return max(range(len(probabilities)), key=probabilities.__getitem__)
+
+
+def multiclass_loss(logits: list[float], target: int) -> float:
+    \"\"\"Cross-entropy of one sample's logits.\"\"\"
+    total = sum(math.exp(x) for x in logits)
+    return math.log(total) - logits[target]
+"""
+TASKS_R = """\
+\"\"\"The tasks of mlt_project, a class each: what a model of the task is scored with.\"\"\"
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Multiclass:
+    \"\"\"One class an image.\"\"\"
+
+    name: str = "multiclass"
+
+    def metrics(self, num_classes: int, average: str = "micro") -> dict[str, dict]:
+        \"\"\"The metrics of a multiclass task, by name.\"\"\"
+        from .metric_specs import metric
+
+        accuracy = metric("accuracy", num_classes, top_k=1)
+        return {"accuracy": accuracy}
+
+    def decision(self, probabilities: list[float]) -> int:
+        \"\"\"The class of highest probability.\"\"\"
+        return max(range(len(probabilities)), key=lambda i: probabilities[i])
+
+    def loss(self, logits: list[float], target: int) -> float:
+        \"\"\"Cross-entropy of one sample's logits.\"\"\"
+        from .losses import multiclass_loss
+
+        return multiclass_loss(logits, target)
+"""
+SPECS_R = """\
+\"\"\"The metric specs of mlt_project's tasks.\"\"\"
+
+
+def metric(name: str, num_classes: int, top_k: int = 1) -> dict[str, object]:
+    return {"name": name, "num_classes": num_classes, "top_k": top_k}
+"""
+LOSSES_R = """\
+\"\"\"The losses of mlt_project's tasks.\"\"\"
+
+import math
+
+
+def multiclass_loss(logits: list[float], target: int) -> float:
+    \"\"\"Cross-entropy of one sample's logits.\"\"\"
+    total = sum(math.exp(x) for x in logits)
+    return math.log(total) - logits[target]
+"""
+# The guide's "Add a metric" recipe, followed in the old module: kept lines and a new one.
+METRICS_BODY = """\
+    accuracy = metric("accuracy", num_classes, top_k=1)
+    return {"accuracy": accuracy}
+"""
+USER_METRICS_BODY = """\
+    accuracy = metric("accuracy", num_classes, top_k=1)
+    top2 = metric("top2_accuracy", num_classes, top_k=2)
+    return {"accuracy": accuracy, "top2_accuracy": top2}
+"""
+# Lines put between two kept ones, an inner block among them.
+USER_INSERTED_BODY = """\
+    accuracy = metric("accuracy", num_classes, top_k=1)
+    if num_classes > 2:
+        return {"accuracy": accuracy, "top2": metric("top2", num_classes, top_k=2)}
+    return {"accuracy": accuracy}
+"""
+DECISION_LINE = "    return max(range(len(probabilities)), key=probabilities.__getitem__)\n"
+USER_DECISION_LINE = "    return probabilities.index(max(probabilities))\n"
+LOSS_LINE = "    return math.log(total) - logits[target]\n"
+USER_LOSS_LINE = "    return max(0.0, math.log(total) - logits[target])\n"
+
+
+@pytest.fixture(scope="module")
+def restructuring(tmp_path_factory) -> tuple[Path, str, str]:
+    """(host baked at A with the submodule at A, A, R)."""
+    template = make_template_repo(tmp_path_factory.mktemp("restructuring") / "ml-aws-template")
+    for path in (*METRICS, SPECS, LOSSES):
+        assert not (template / source(path)).exists(), f"{path}: pick another name for the test"
+    (template / source(METRICS[0])).write_text(METRICS_A)
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "A: a module of functions", cwd=template)
+    a = git("rev-parse", "HEAD", cwd=template)
+
+    move_in_template(template, *METRICS)
+    for path, text in ((METRICS[1], TASKS_R), (SPECS, SPECS_R), (LOSSES, LOSSES_R)):
+        (template / source(path)).write_text(text)
+    declare_moves(template, {METRICS[0]: METRICS[1]})
+    git("add", "-A", cwd=template)
+    git("commit", "--quiet", "-m", "R: move it and make it a class", cwd=template)
+    r = git("rev-parse", "HEAD", cwd=template)
+
+    host = make_host(tmp_path_factory.mktemp("restructuring-host") / "cats", template)
+    git("checkout", "--quiet", a, cwd=host / SUBMODULE)
+    run_bootstrap(host, "--torch", "cpu")
+    commit_all(host, "bootstrap")
+    return host, a, r
+
+
+@pytest.fixture
+def restructuring_host(restructuring, tmp_path) -> Path:
+    copy = tmp_path / "cats"
+    shutil.copytree(restructuring[0], copy, symlinks=True)
+    return copy
+
+
+def edit_lines(host: Path, path: str, *changes: tuple[str, str]) -> str:
+    """Replace lines of a module of the project, each (old, new) once; return its new text."""
+    module = host / cats(path)
+    text = module.read_text()
+    for old, new in changes:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    module.write_text(text)
+    return text
+
+
+def method(body: str) -> str:
+    """Lines of a module-level function's body as the body of a method."""
+    return textwrap.indent(body, "    ")
+
+
+def multiclass(host: Path, call: str) -> object:
+    """`Multiclass().<call>` as the project's package computes it, in a fresh interpreter."""
+    code = f"from cats.tasks.metric_tasks import Multiclass; print(repr(Multiclass().{call}))"
+    result = run(sys.executable, "-c", code, cwd=host, PYTHONPATH=str(host / "src"))
+    return ast.literal_eval(result.stdout)
+
+
+def update_restructured(host: Path, r: str, *changes: tuple[str, str]):
+    """The user's changes to the old module, committed, and --update to R: (result, old text)."""
+    mine = edit_lines(host, METRICS[0], *changes)
+    commit_all(host, "user edits")
+    move_submodule(host, r)
+    return run_bootstrap(host, "--update", check=False), mine
+
+
+def assert_relocated(host: Path, result, r: str, mine: str) -> str:
+    """The relocated move's row and note, the old file left as it was; the new file's text."""
+    assert result.returncode == 0, result.stderr
+    old, new = cats(METRICS[0]), cats(METRICS[1])
+    assert outcomes(result.stdout) == {new: "moved", cats(SPECS): "new", cats(LOSSES): "new"}
+    note = (
+        f"from {old}, your changes re-applied to the moved code: check them; {old} left in "
+        "place: delete it once you have checked"
+    )
+    assert f"  moved      {new}  ({note})\n" in result.stdout
+    assert (host / old).read_text() == mine
+    assert record(host)["template_version"] == r
+    text = (host / new).read_text()
+    ast.parse(text)
+    return text
+
+
+def assert_plain_conflict(host: Path, result, a: str, r: str, mine: str) -> str:
+    """The conflict of git merge-file, as without relocation: markers, exit 1, nothing lost."""
+    old, new = cats(METRICS[0]), cats(METRICS[1])
+    assert result.returncode == 1
+    assert f"1 conflict(s) left in {new}" in one_bootstrap_error(result.stderr)
+    assert outcomes(result.stdout) == {new: "conflict", cats(SPECS): "new", cats(LOSSES): "new"}
+    assert f"(from {old}: you both changed the same lines; {old} left in place)" in result.stdout
+    labels = ("yours", f"template {a[:8]}", f"template {r[:8]}")
+    plain = bootstrap.merge_text(
+        mine.encode(), cats(METRICS_A).encode(), cats(TASKS_R).encode(), labels
+    )
+    assert plain is not None and not plain[1]
+    text = (host / new).read_text()
+    assert text.encode() == plain[0] and "<<<<<<< yours\n" in text
+    assert (host / old).read_text() == mine
+    assert record(host)["template_version"] == a
+    return text
+
+
+def test_restructured_move_re_applies_the_users_edit_to_the_moved_lines(
+    restructuring_host, restructuring
+):
+    """The function the user edited is a method now: the user's lines are in it, 4 spaces in."""
+    _, _, r = restructuring
+    result, mine = update_restructured(restructuring_host, r, (METRICS_BODY, USER_METRICS_BODY))
+    text = assert_relocated(restructuring_host, result, r, mine)
+    assert text == cats(TASKS_R).replace(method(METRICS_BODY), method(USER_METRICS_BODY))
+    assert multiclass(restructuring_host, "metrics(5)") == {
+        "accuracy": {"name": "accuracy", "num_classes": 5, "top_k": 1},
+        "top2_accuracy": {"name": "top2_accuracy", "num_classes": 5, "top_k": 2},
+    }
+
+
+def test_restructured_move_re_applies_an_insertion_between_kept_lines(
+    restructuring_host, restructuring
+):
+    _, _, r = restructuring
+    result, mine = update_restructured(restructuring_host, r, (METRICS_BODY, USER_INSERTED_BODY))
+    text = assert_relocated(restructuring_host, result, r, mine)
+    assert text == cats(TASKS_R).replace(method(METRICS_BODY), method(USER_INSERTED_BODY))
+    assert multiclass(restructuring_host, "metrics(2)") == {
+        "accuracy": {"name": "accuracy", "num_classes": 2, "top_k": 1}
+    }
+    assert set(multiclass(restructuring_host, "metrics(3)")) == {"accuracy", "top2"}
+
+
+def test_restructured_move_conflicts_where_the_template_changed_the_users_lines(
+    restructuring_host, restructuring
+):
+    """R rewrote the line the user changed (not only re-indented it): no place for the change."""
+    _, a, r = restructuring
+    result, mine = update_restructured(restructuring_host, r, (DECISION_LINE, USER_DECISION_LINE))
+    text = assert_plain_conflict(restructuring_host, result, a, r, mine)
+    assert USER_DECISION_LINE in text and method(DECISION_LINE) not in text
+    assert "key=lambda i: probabilities[i])\n" in text  # the template's line, in its side
+
+
+def test_restructured_move_conflicts_where_the_users_lines_went_to_another_file(
+    restructuring_host, restructuring
+):
+    """The loss went to losses.py: the user's change to it has no place in the new file, so the
+    edit that has one is not re-applied either; both are in the conflict, neither is lost."""
+    _, a, r = restructuring
+    result, mine = update_restructured(
+        restructuring_host, r, (METRICS_BODY, USER_METRICS_BODY), (LOSS_LINE, USER_LOSS_LINE)
+    )
+    text = assert_plain_conflict(restructuring_host, result, a, r, mine)
+    assert USER_LOSS_LINE in text and USER_METRICS_BODY in text
+    assert (restructuring_host / cats(LOSSES)).read_text() == cats(LOSSES_R)
+
+
+def test_relocate_anchors_on_two_lines_of_code_and_both_sides_of_an_insertion():
+    """Two kept lines anchor a change, and a method's lines that became a function's lose their
+    4 spaces (blank lines stay blank); a lone `return x` never anchors. Lines the user and the
+    template both appended have no order to take: no relocation (git's conflict stands)."""
+    base = b"class A:\n    def f(self):\n        a = 1\n        return a\n"
+    ours = base.replace(b"        return a\n", b"        a += 1\n\n        return a\n")
+    theirs = b"def f():\n    a = 1\n    return a\n"
+    assert (
+        bootstrap.relocate(ours, base, theirs)
+        == b"def f():\n    a = 1\n    a += 1\n\n    return a\n"
+    )
+    function = b"def f():\n    a = 1\n    return a\n"
+    changed = function.replace(b"return a", b"return a + 1")
+    assert bootstrap.relocate(changed, function, b"def g():\n    b = 2\n    return a\n") is None
+    mine, template = (function + f"\n\ndef {name}():\n    return 2\n".encode() for name in "gh")
+    assert bootstrap.relocate(mine, function, template) is None
+
+
+# --- a project baked before the package was laid out by layer ---------------------------------
+
+# main just before the move into base/, data/, model/, training/, serve/, release/, deploy/.
+BEFORE_LAYERS = "f552f928fb69fe07b8a63dace1085478ccad207a"
+USER_FLIP = (
+    "        # user: and upside down, half of the time\n"
+    "        x = torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, x.flip(2), x)\n"
+)
+
+
+def template_at_two_commits(dest: Path) -> tuple[Path, str, str]:
+    """A template repo whose commit A is main before the layers and B this working tree."""
+    listed = run("git", "cat-file", "-t", BEFORE_LAYERS, cwd=REPO_ROOT, check=False)
+    assert listed.stdout.strip() == "commit", (
+        f"commit {BEFORE_LAYERS[:8]} is not in this clone's history: the test needs a full clone"
+    )
+    source = make_template_repo(dest.parent / "now")
+    dest.mkdir(parents=True)
+    archive = run("git", "archive", "--format=tar", "-o", dest.parent / "a.tar", BEFORE_LAYERS,
+                  cwd=REPO_ROOT)  # fmt: skip
+    assert archive.returncode == 0
+    run("tar", "-xf", dest.parent / "a.tar", "-C", dest, cwd=dest)
+    git("init", "--quiet", "--initial-branch=main", cwd=dest)
+    git("add", "-A", cwd=dest)
+    git("commit", "--quiet", "-m", "A: before the layers", cwd=dest)
+    a = git("rev-parse", "HEAD", cwd=dest)
+    git("rm", "-r", "--quiet", ".", cwd=dest)
+    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+    git("add", "-A", cwd=dest)
+    git("commit", "--quiet", "-m", "B: the layers", cwd=dest)
+    return dest, a, git("rev-parse", "HEAD", cwd=dest)
+
+
+def edit_as_the_old_guide_says(host: Path) -> None:
+    """Three edits of a user of the old layout: a changed augmentation, the guide's "Add a
+    metric" and "Use your own network" recipes as that guide gives them, and a shorter run."""
+    import re
+
+    package = host / "src" / "cats"
+    augment = package / "model" / "augment.py"
+    anchor = "        if self.color_jitter > 0:\n            x = self.jitter(x)\n"
+    assert anchor in augment.read_text()
+    augment.write_text(augment.read_text().replace(anchor, anchor + USER_FLIP))
+    guide = (host / "PROJECT.md").read_text()
+    metric = guide.split("\n### Add a metric\n", 1)[1].split("\n### ", 1)[0]
+    (replaced,) = re.findall(r"replace the last line\nof `metrics`, `(.+?)`", metric)
+    (code,) = re.findall(r"```python\n(.*?)```", metric, re.S)
+    objective = package / "model" / "objective.py"
+    objective.write_text(objective.read_text().replace(f"    {replaced}\n", code))
+    network = guide.split("\n### Use your own network\n", 1)[1].split("\n### ", 1)[0]
+    (net_code,) = re.findall(r"```python\n(.*?)```", network, re.S)
+    with (package / "model" / "nets.py").open("a") as f:
+        f.write("\n\n" + net_code)
+    params = (host / "params.yaml").read_text()
+    (options,) = re.findall(r"```yaml\nmodel:\n  name: wide-mlp\n(.*?)```", network, re.S)
+    params = params.replace("model:\n  name: mlp\n", "model:\n  name: wide-mlp\n" + options)
+    params = params.replace("  max_epochs: 30\n", "  max_epochs: 4\n")
+    (host / "params.yaml").write_text(params)
+
+
+@pytest.mark.e2e
+def test_a_project_baked_before_the_layers_updates_with_its_edits_then_trains_and_releases(
+    tmp_path, moto_endpoint
+):
+    """Issue 26's acceptance: baked at the commit before the move, edited by its user, updated
+    with one --update, and the pipeline and a release run with the edits in place."""
+    template, a, b = template_at_two_commits(tmp_path / "template" / "ml-aws-template")
+    host = make_host(tmp_path / "cats", template)
+    move_submodule(host, a)
+    run_bootstrap(host, "--torch", "cpu")
+    commit_all(host, "bootstrap")
+    edit_as_the_old_guide_says(host)
+    commit_all(host, "my augmentation, metric and network")
+    move_submodule(host, b)
+
+    result = run_bootstrap(host, "--update")
+    print(result.stdout)
+    rows = outcomes(result.stdout)
+    assert rows["src/cats/model/tasks.py"] == "moved"
+    assert "your changes re-applied" in result.stdout
+    assert rows["src/cats/model/augment.py"] == "updated"
+    assert "src/cats/model/nets.py" not in rows  # the template did not change it
+    assert rows["src/cats/training/train.py"] == "moved"
+    package = host / "src" / "cats"
+    assert USER_FLIP in (package / "model" / "augment.py").read_text()
+    assert '"top2_accuracy": top2' in (package / "model" / "tasks.py").read_text()
+    assert '@network("wide-mlp")' in (package / "model" / "nets.py").read_text()
+    # Moved modules the user never changed are gone; the one they changed stays for them.
+    assert not (package / "train.py").exists() and not (package / "eval.py").exists()
+    assert (package / "model" / "objective.py").exists()
+    assert record(host)["template_version"] == b
+    (package / "model" / "objective.py").unlink()  # checked: its edit is in model/tasks.py
+    commit_all(host, "update to the layers")
+
+    env = {"PYTHONPATH": str(host / "src"), "DVC_NO_ANALYTICS": "1"}
+    run(sys.executable, "-m", "cats.data.sample_data", cwd=host, **env)
+    run("dvc", "repro", cwd=host, **env)
+    results = json.loads((host / "evaluation_results.json").read_text())
+    print(f"after the update: {results}")
+    assert results["accuracy"] > 0.8 and results["accuracy"] <= results["top2_accuracy"] <= 1
+    network = run(sys.executable, "-c", "import torch; c = torch.load('models/model.ckpt', "
+                  "weights_only=True); print(c['hyper_parameters']['network']['name'])",
+                  cwd=host, **env).stdout.strip()  # fmt: skip
+    assert network == "wide-mlp"
+
+    bucket = "layers-releases"
+    import boto3
+
+    boto3.client(
+        "s3", endpoint_url=moto_endpoint, aws_access_key_id="testing",
+        aws_secret_access_key="testing", region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)  # fmt: skip
+    (host / ".env").write_text(
+        f"MODEL_RELEASE_S3_URI=s3://{bucket}/cats\nAWS_ENDPOINT_URL={moto_endpoint}\n"
+        "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\nAWS_DEFAULT_REGION=us-east-1\n"
+    )
+    commit_all(host, "trained")
+    released = run(sys.executable, "-m", "cats.scripts.release", cwd=host,
+                   AWS_EC2_METADATA_DISABLED="true", **env)  # fmt: skip
+    assert "released s3://layers-releases/cats/0.1.0/" in released.stderr, released.stderr[-2000:]

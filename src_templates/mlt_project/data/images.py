@@ -1,4 +1,5 @@
-"""Decoding one image file the way training sees it: preprocess and predict both call load_image.
+"""Image files: which files are images, and decoding one the way training sees it (load_image):
+preprocess, predict and the server all call these.
 
 EXIF orientation applied, 16- and 32-bit pixels scaled to 8 bits, converted to data.channels and
 resized to data.image_size (bilinear). No torch: predict runs without it.
@@ -11,10 +12,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..config import DataConfig
-from ..errors import PipelineError
+from ..base.config import DataConfig
+from ..base.errors import PipelineError
 
 ORIENTATION = 0x0112  # the EXIF tag
+IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted, without hidden ones (dotfiles, macOS AppleDouble
+    files `._name.png`, which are metadata, and hidden folders)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
 
 
 def load_image(path: Path, data: DataConfig) -> np.ndarray:

@@ -20,10 +20,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..base.errors import PipelineError
+from ..base.tasks import OLDEST_TASK, TASKS, Task
+from .images import IMAGE_SUFFIXES, image_files
 from .store import SPLITS
 
-IMAGE_SUFFIXES = {".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"}
 LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
 LABEL_RULE = "up to 64 letters, digits, spaces or '_.+-', starting with a letter or digit"
 # A multilabel cell separates names by spaces, so a name has none.
@@ -54,7 +55,7 @@ class Images:
         return self.files[index].relative_to(raw_dir).as_posix()
 
 
-def find_images(raw_dir: Path, skip_bad: bool = False, task: str = "multiclass") -> Images:
+def find_images(raw_dir: Path, skip_bad: bool = False, task: Task = TASKS[OLDEST_TASK]) -> Images:
     """The images under `raw_dir` and their labels, from metadata.csv or class folders."""
     if not raw_dir.is_dir():
         raise PipelineError(
@@ -62,10 +63,10 @@ def find_images(raw_dir: Path, skip_bad: bool = False, task: str = "multiclass")
             f"or list them in {raw_dir}/{METADATA_FILE}"
         )
     if (raw_dir / METADATA_FILE).is_file():
-        return from_metadata(raw_dir, skip_bad, task == "multilabel")
-    if task == "multilabel":
+        return from_metadata(raw_dir, skip_bad, task.multi_hot)
+    if task.multi_hot:
         raise PipelineError(
-            f"data.task: multilabel needs {raw_dir}/{METADATA_FILE} (class folders give one label "
+            f"data.task: {task.name} needs {raw_dir}/{METADATA_FILE} (class folders give one label "
             "an image): list the images as file_name,label with the labels separated by spaces "
             "(see PROJECT.md, Bring your own labels)"
         )
@@ -117,20 +118,6 @@ def from_folders(raw_dir: Path) -> Images:
         fixed_splits=[None] * len(files),
         source="class folders",
     )
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, sorted, without hidden ones."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p.relative_to(folder))
-    )
-
-
-def _hidden(relative: Path) -> bool:
-    # Dotfiles, macOS AppleDouble files (`._name.png`: metadata, not images) and hidden folders.
-    return any(part.startswith(".") for part in relative.parts)
 
 
 def from_metadata(raw_dir: Path, skip_bad: bool, multilabel: bool = False) -> Images:

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .. import cli
-from ..config import Config, DataConfig
-from ..errors import PipelineError
+from ..base import cli
+from ..base.config import Config, DataConfig
+from ..base.errors import PipelineError
+from ..base.tasks import task as task_named
 from .images import load_image
 from .labels import class_counts, find_images
 from .report import data_report, write_report
@@ -142,7 +143,8 @@ def resolve_workers(workers: int | str, images: int) -> int:
 def preprocess(cfg: Config) -> dict[str, int]:
     """Write the three splits and the data report; return the number of images in each split."""
     raw_dir = Path(cfg.paths.raw)
-    found = find_images(raw_dir, skip_bad=cfg.data.skip_corrupt, task=cfg.data.task)
+    task = task_named(cfg.data.task)
+    found = find_images(raw_dir, cfg.data.skip_corrupt, task)
     if len(found.class_names) != cfg.data.num_classes:
         where = "class folders" if found.source == "class folders" else f"labels in {found.source}"
         raise PipelineError(
@@ -180,9 +182,8 @@ def preprocess(cfg: Config) -> dict[str, int]:
             )  # fmt: skip
             path = split_path(out_dir, split)
             counts[split] = write_chunks(
-                path, chunks, cfg.data.input_shape, found.class_names,
-                multilabel=cfg.data.task == "multilabel",
-            )  # fmt: skip
+                path, chunks, cfg.data.input_shape, found.class_names, task=task
+            )
             if counts[split] == 0:
                 raise PipelineError(
                     f"the {split} split is empty: all its {len(indices)} images are unreadable "

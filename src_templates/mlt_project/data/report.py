@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_output
+from ..base.fileio import atomic_output
 from .labels import Images, label_sets
 from .splits import Assignment, FileFacts
 from .store import SPLITS

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import cli
-from ..config import load_config
-from ..errors import PipelineError
-from ..fileio import atomic_output
+from ..base import cli
+from ..base.config import load_config
+from ..base.errors import PipelineError
+from ..base.fileio import atomic_output
 
 
 def write_digits(out_dir: Path, force: bool = False) -> int:

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import DataConfig
-from ..errors import PipelineError
+from ..base.config import DataConfig
+from ..base.errors import PipelineError
 from .labels import class_counts, label_sets
 from .store import SPLITS
 

@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import PipelineError
-from ..fileio import atomic_output
+from ..base.errors import PipelineError
+from ..base.fileio import atomic_output
+from ..base.tasks import OLDEST_TASK, TASKS, Task
 
 SPLITS = ("train", "val", "test")
 # 2: pixels as fixed_size_binary (1: a fixed-size list of uint8, which decoded through per-value
@@ -33,7 +34,6 @@ ROW_GROUP_BYTES = 32 * 2**20
 PAGE_BYTES = 2**20
 READ_THREADS = 4
 RERUN = "rerun `dvc repro -f preprocess`"
-MULTICLASS, MULTILABEL = "multiclass", "multilabel"  # data.task's values (config.TASKS)
 
 
 def split_path(processed_dir: str | Path, split: str) -> Path:
@@ -52,19 +52,20 @@ def write_chunks(
     class_names: list[str],
     row_group_bytes: int = ROW_GROUP_BYTES,
     *,
-    multilabel: bool = False,
+    task: Task = TASKS[OLDEST_TASK],
 ) -> int:
     """Write (images, labels, file names) chunks as they come, one chunk in memory; return rows.
 
-    A chunk becomes one row group or more (at most `row_group_bytes` of pixels each). Multilabel
-    labels are (n, classes) multi-hot, stored as one byte per class.
+    A chunk becomes one row group or more (at most `row_group_bytes` of pixels each). The labels
+    of a task with several an image are (n, classes) multi-hot, stored as one byte per class.
     """
     size = int(np.prod(shape))
     classes = len(class_names)
-    label_type = pa.binary(classes) if multilabel else pa.int64()
+    multi_hot = task.multi_hot
+    label_type = pa.binary(classes) if multi_hot else pa.int64()
     metadata = {
         "format": str(FORMAT),
-        "task": MULTILABEL if multilabel else MULTICLASS,
+        "task": task.name,
         "image_shape": json.dumps(list(shape)),
         "class_names": json.dumps(class_names),
     }
@@ -81,12 +82,12 @@ def write_chunks(
         # Pixels uncompressed and never dictionary-encoded: decoded images barely compress, and
         # decompressing them would cost every epoch of a streamed read.
         "compression": {"image": "none", "label": "snappy", "file_name": "snappy"},
-        "use_dictionary": [] if multilabel else ["label"],
+        "use_dictionary": [] if multi_hot else ["label"],
         # Pages of ~PAGE_BYTES: the writer encodes this many rows before it checks a page's size,
         # and by default (1,024 rows) a page, and its copies, held the whole row group.
         "write_batch_size": max(1, PAGE_BYTES // size),
         # Min/max of the pixels would store two whole images per page, and filter nothing.
-        "write_statistics": [] if multilabel else ["label"],
+        "write_statistics": [] if multi_hot else ["label"],
     }
     with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
         for images, labels, file_names in chunks:
@@ -95,7 +96,7 @@ def write_chunks(
             image_column = pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(size), len(labels), [None, pa.py_buffer(pixels)]
             )
-            if multilabel:
+            if multi_hot:
                 hot = np.ascontiguousarray(labels, dtype=np.uint8)
                 label_column = pa.FixedSizeBinaryArray.from_buffers(
                     label_type, len(hot), [None, pa.py_buffer(hot)]
@@ -111,14 +112,14 @@ def write_chunks(
 
 def read_split(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a split into contiguous arrays: images (N, C, H, W) uint8, labels (N,) int64, or
-    (N, classes) float32 multi-hot for multilabel."""
+    (N, classes) float32 multi-hot."""
     with open_split(path) as parquet:
         shape, class_names = split_info(parquet, path)
-        multilabel = split_task(parquet) == MULTILABEL
+        multi_hot = pa.types.is_fixed_size_binary(parquet.schema_arrow.field("label").type)
         sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
     starts = np.cumsum([0, *sizes])
     images = np.empty((starts[-1], *shape), dtype=np.uint8)
-    if multilabel:
+    if multi_hot:
         labels = np.empty((starts[-1], len(class_names)), dtype=np.float32)
     else:
         labels = np.empty(starts[-1], dtype=np.int64)
@@ -136,6 +137,23 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     # Arrow's allocator keeps freed buffers for reuse; hand them back, once all threads are done.
     pa.default_memory_pool().release_unused()
     return images, labels, class_names
+
+
+def read_head(path: Path, rows: int) -> tuple[np.ndarray, list[str]]:
+    """The first `rows` images of a split (all, if it has fewer) and its class names, reading
+    only the row groups they are in. Rows are in a seeded random order (preprocess), so they are
+    a sample of the split."""
+    with open_split(path) as parquet:
+        shape, class_names = split_info(parquet, path)
+        parts, found = [], 0
+        for group in range(parquet.num_row_groups):
+            if found >= rows:
+                break
+            images, _ = read_row_group(parquet, group, shape)
+            parts.append(images[: rows - found].copy())
+            found += len(parts[-1])
+    empty = np.empty((0, *shape), dtype=np.uint8)
+    return np.concatenate(parts) if parts else empty, class_names
 
 
 def read_file_names(path: Path) -> list[str]:
@@ -179,7 +197,7 @@ def split_info(parquet: pq.ParquetFile, path: Path) -> tuple[list[int], list[str
 
 def split_task(parquet: pq.ParquetFile) -> str:
     """multiclass or multilabel: what the split's labels are (after split_info checked it)."""
-    return (parquet.schema_arrow.metadata or {}).get(b"task", b"multiclass").decode()
+    return (parquet.schema_arrow.metadata or {}).get(b"task", OLDEST_TASK.encode()).decode()
 
 
 def require_task(parquet: pq.ParquetFile, path: Path, task: str) -> None:
@@ -196,7 +214,7 @@ def read_row_group(
     parquet: pq.ParquetFile, group: int, shape: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """One row group as images (n, C, H, W) uint8 and labels, no per-row objects: (n,) int64
-    class indices, or (n, classes) float32 multi-hot for multilabel (the targets BCE takes).
+    class indices, or (n, classes) float32 multi-hot (the targets BCE takes).
 
     The images may be a read-only view of Arrow's memory.
     """

@@ -1,7 +1,9 @@
 """Training-time augmentation of whole batches on the device: crop, flip, rotation, colour jitter.
 
 Every image draws its own parameters, and the geometric ones combine into one affine warp per
-image, applied to the batch by a single `grid_sample`. (torchvision.transforms.v2 draws one set
+image, applied to the batch by a single `grid_sample`. `BatchAugment.__init__` is the schema of
+params.yaml's `augment:` keys (with mix.py's BatchMix): a new augmentation is a parameter here,
+off by default, used in `forward`, and its value in params.yaml. (torchvision.transforms.v2 draws one set
 of parameters per call, so on a batch every image would get the same crop; looping over images
 instead costs a few kernel launches per image and step on a GPU.)
 """
@@ -23,12 +25,18 @@ class BatchAugment(nn.Module):
 
     def __init__(
         self,
-        crop_scale: tuple[float, float] = (1.0, 1.0),
-        horizontal_flip: bool = False,
-        rotation: float = 0.0,
-        color_jitter: float = 0.0,
+        crop_scale: tuple[float, float] = (1.0, 1.0),  # random resized crop: the area kept
+        horizontal_flip: bool = False,  # flip half of the images left-right
+        rotation: float = 0.0,  # rotate by up to this many degrees either way
+        color_jitter: float = 0.0,  # brightness, contrast, saturation by up to +-this fraction
     ) -> None:
         super().__init__()
+        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError("crop_scale must be [low, high] with 0 < low <= high <= 1")
+        if not 0 <= rotation <= 180:
+            raise ValueError("rotation must be between 0 and 180 degrees")
+        if not 0 <= color_jitter < 1:
+            raise ValueError("color_jitter must be in [0, 1)")
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.horizontal_flip = horizontal_flip
         self.rotation = rotation

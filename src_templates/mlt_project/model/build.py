@@ -11,8 +11,6 @@ A checkpoint stores the network's *spec* (`network_spec`: name, options, input s
 from __future__ import annotations
 
 import difflib
-import inspect
-import typing
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -21,10 +19,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
-from ..errors import PipelineError
-from ..tensor_files import load_tensors
+from ..base import schema
+from ..base.config import ModelConfig
+from ..base.errors import ConfigError, PipelineError
 from .nets import NETWORKS
+from .tensor_files import load_tensors
 
 NetworkSpec = dict[str, Any]  # name, options, input_shape, num_classes: JSON-able, in hparams
 
@@ -102,9 +101,8 @@ def build_network(
                 f"model.pretrained is {pretrained!r} but {name} is defined in model/nets.py and "
                 "has no published weights: set model.pretrained: none (or use model.weights_file)"
             )
-        cls = NETWORKS[name]
-        check_options(name, options, cls)
-        body = cls(input_shape, num_classes, **options)
+        # Its options are checked against its __init__ (after input_shape and num_classes).
+        body = schema.build(f"model.{name}", options, NETWORKS[name], input_shape, num_classes)
         if weights_file:
             load_weights_file(body, weights_file, name)
         head = classifier_name(body, num_classes)
@@ -254,36 +252,3 @@ def replace_head(body: nn.Module, head: str, num_classes: int) -> None:
     else:  # SqueezeNet's classifier is a 1x1 convolution
         new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride)
     setattr(parent, attribute, new)
-
-
-def check_options(name: str, options: dict[str, Any], cls: type[nn.Module]) -> None:
-    """Check `model.<name>:` against the network's __init__: unknown, missing, mistyped keys."""
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[
-        3:
-    ]  # self, shape, classes
-    hints = typing.get_type_hints(cls.__init__)
-    known = {p.name: p for p in parameters}
-    for key in options:
-        if key not in known:
-            raise ConfigError(
-                f"unknown key 'model.{name}.{key}'; {name} takes {', '.join(known) or 'no options'}"
-            )
-    for parameter in parameters:
-        if parameter.name not in options:
-            if parameter.default is inspect.Parameter.empty:
-                raise ConfigError(f"missing key 'model.{name}.{parameter.name}'; add it")
-            continue
-        value, hint = options[parameter.name], hints.get(parameter.name)
-        if hint in (int, float, bool, str) and not _is(value, hint):
-            raise ConfigError(
-                f"key 'model.{name}.{parameter.name}' is {value!r} ({type(value).__name__}), "
-                f"expected {hint.__name__}"
-            )
-
-
-def _is(value: Any, hint: type) -> bool:
-    if isinstance(value, bool):
-        return hint is bool
-    if hint is float:
-        return isinstance(value, int | float)
-    return isinstance(value, hint)

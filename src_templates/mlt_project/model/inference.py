@@ -1,7 +1,7 @@
 """A trained network over a whole processed split, row group by row group, in plain PyTorch.
 
 Evaluation reads the test split through here, and training the validation split, where it
-chooses a multilabel model's thresholds.
+chooses the task's thresholds after fitting.
 """
 
 from __future__ import annotations
@@ -11,6 +11,12 @@ from pathlib import Path
 import torch
 
 from ..data.store import open_split, read_row_group, split_info
+
+
+def device_for(accelerator: str) -> torch.device:
+    """The GPU when training.accelerator allows one and there is one, else the CPU."""
+    wants_gpu = accelerator in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
 
 
 def predict_split(

@@ -3,8 +3,10 @@
 Image i is mixed with image N-1-i (the batch reversed, as timm does): mixup blends the two by
 lam_i ~ Beta(alpha, alpha), cutmix pastes a box of the partner covering 1 - lam_i of the area
 (lam_i then corrected to the box's area after clipping at the borders). The labels are mixed
-by the same lam_i, so the targets become class probabilities (N, C) (model/objective.py's loss takes them).
-With both on, each batch is one or the other, cutmix with probability 0.5 (timm's switch_prob).
+by the same lam_i, so the targets become class probabilities (N, C), which every task's loss
+takes (base/tasks.py). With both on, each batch is one or the other, cutmix with probability 0.5
+(timm's switch_prob). Its options are params.yaml's `augment:` keys of the same names:
+`BatchMix.__init__` is their schema, as BatchAugment's is for the others.
 The draws come from torch's global generators, which the resume checkpoint restores.
 """
 
@@ -24,6 +26,9 @@ class BatchMix(nn.Module):
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
         super().__init__()
+        for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if alpha < 0:
+                raise ValueError(f"{name} must be 0 (off) or more, e.g. 0.2 (mixup), 1.0 (cutmix)")
         self.num_classes = num_classes
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha

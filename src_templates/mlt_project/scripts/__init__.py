@@ -1,0 +1,1 @@
+"""Commands, each `python -m mlt_project.scripts.<name>`; what they do lives in the layers."""

@@ -15,61 +15,17 @@ on-demand capacity only).
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from ..base import cli
+from ..base.config import load_config
+from ..base.errors import PipelineError
+from ..deploy.aws.batch import BatchRunner, job_definition, read_definition, require_on_demand
 
-from .. import cli
-from ..config import load_config
-from ..errors import PipelineError
-from .aws import CHECKPOINT_S3_URI, DVC_S3_URI, aws_errors, client, require_credentials, s3_uri
-
-SINGLE_NODE_FILE = Path("aws/batch-job.json")
-MULTI_NODE_FILE = Path("aws/batch-job-multinode.json")
 BUILD_HINT = "the URI docker/build_and_push.sh prints"
-PASSED_TO_JOB = (DVC_S3_URI, CHECKPOINT_S3_URI)
-SPOT_TYPES = {"SPOT", "FARGATE_SPOT"}
-
-log = logging.getLogger(__name__)
-
-
-def read_definition(num_nodes: int) -> dict[str, Any]:
-    """The job-definition file for a single-node or a multi-node job, as written."""
-    path = MULTI_NODE_FILE if num_nodes > 1 else SINGLE_NODE_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found: run from the project root") from None
-    except json.JSONDecodeError as error:
-        raise PipelineError(f"{path} is not valid JSON at line {error.lineno}: fix it") from None
-
-
-def job_definition(num_nodes: int, image: str, job_role_arn: str | None) -> dict[str, Any]:
-    """The RegisterJobDefinition request: the file, with the image, role and node count filled in."""
-    request = read_definition(num_nodes)
-    if num_nodes > 1:
-        request["nodeProperties"]["numNodes"] = num_nodes
-        containers = [
-            node["container"] for node in request["nodeProperties"]["nodeRangeProperties"]
-        ]
-    else:
-        containers = [request["containerProperties"]]
-    for container in containers:
-        container["image"] = image
-        if job_role_arn:
-            container["jobRoleArn"] = job_role_arn
-        # The entrypoint makes the DVC remote from the bucket (scripts.dvc_remote), as on a
-        # laptop, and keeps resume checkpoints across retries in CHECKPOINT_S3_URI.
-        for name in PASSED_TO_JOB:
-            if value := s3_uri(name):  # an old name's value goes under the new one
-                variables = container.setdefault("environment", [])
-                variables.append({"name": name, "value": value})
-    return request
 
 
 def register(cfg_path: Path, image: str | None) -> dict[str, Any]:
@@ -81,9 +37,7 @@ def register(cfg_path: Path, image: str | None) -> dict[str, Any]:
         )
     num_nodes = load_config(cfg_path).training.num_nodes
     request = job_definition(num_nodes, image, os.environ.get("BATCH_JOB_ROLE_ARN") or None)
-    with aws_errors("AWS Batch"):
-        response = batch_client().register_job_definition(**request)
-    result = {key: response[key] for key in ("jobDefinitionName", "revision", "jobDefinitionArn")}
+    result = BatchRunner().register(request)
     print(f"registered {result['jobDefinitionArn']} (image {image}, {num_nodes} node(s))")
     return result
 
@@ -96,62 +50,21 @@ def submit(cfg_path: Path, queue: str | None, name: str | None) -> str:
     num_nodes = load_config(cfg_path).training.num_nodes
     definition = read_definition(num_nodes)["jobDefinitionName"]
     job_name = name or f"{definition}-{time.strftime('%Y%m%d-%H%M%S')}"
-    batch = batch_client()
+    runner = BatchRunner()
     if num_nodes > 1:
-        require_on_demand(batch, queue)
-    with aws_errors("AWS Batch"):
-        response = batch.submit_job(jobName=job_name, jobQueue=queue, jobDefinition=definition)
-    print(f"submitted {job_name} to {queue}: job id {response['jobId']}")
-    print(f"follow it with: python -m mlt_project.scripts.batch status {response['jobId']}")
-    return response["jobId"]
-
-
-def require_on_demand(batch: Any, queue: str) -> None:
-    """Refuse a multi-node job for a queue whose compute environments are all Spot: AWS Batch
-    does not run multi-node parallel jobs on Spot, and the job would never start. Where the queue
-    or its environments cannot be read (no permission, no such queue), SubmitJob decides."""
-    try:
-        queues = batch.describe_job_queues(jobQueues=[queue])["jobQueues"]
-        arns = [
-            entry["computeEnvironment"]
-            for found in queues
-            for entry in found.get("computeEnvironmentOrder", [])
-        ]
-        if not arns:
-            return
-        response = batch.describe_compute_environments(computeEnvironments=arns)
-    except (BotoCoreError, ClientError) as error:
-        log.debug("cannot tell whether queue %s is Spot-only: %s", queue, error)
-        return
-    environments = response["computeEnvironments"]
-    # An unmanaged environment has no computeResources: it may hold on-demand instances.
-    kinds = {env.get("computeResources", {}).get("type") for env in environments}
-    if environments and kinds <= SPOT_TYPES:
-        names = ", ".join(env["computeEnvironmentName"] for env in environments)
-        raise PipelineError(
-            f"job queue {queue!r} has only Spot compute environments ({names}) and AWS Batch "
-            "does not run multi-node parallel jobs on Spot: submit to a queue with an EC2 "
-            "(on-demand) compute environment (--queue or BATCH_JOB_QUEUE), or set "
-            "training.num_nodes: 1 in params.yaml"
-        )
+        require_on_demand(runner, queue)
+    job_id = runner.submit(job_name, queue, definition)
+    print(f"submitted {job_name} to {queue}: job id {job_id}")
+    print(f"follow it with: python -m mlt_project.scripts.batch status {job_id}")
+    return job_id
 
 
 def status(job_id: str) -> dict[str, Any]:
     """Print and return the job's name, status and, once it has one, the reason."""
-    with aws_errors("AWS Batch"):
-        jobs = batch_client().describe_jobs(jobs=[job_id])["jobs"]
-    if not jobs:
-        raise PipelineError(f"no job {job_id!r} in this account and region: check the job id")
-    job = jobs[0]
-    reason = job.get("statusReason", "")
+    job = BatchRunner().status(job_id)
+    reason = job.get("statusReason") or ""
     print(f"{job['jobName']} ({job['jobId']}): {job['status']}" + (f": {reason}" if reason else ""))
-    return {key: job.get(key) for key in ("jobName", "jobId", "status", "statusReason")}
-
-
-def batch_client() -> Any:
-    """A Batch client, once the credential chain has found credentials."""
-    require_credentials()
-    return client("batch")
+    return job
 
 
 def main(argv: list[str] | None = None) -> int:

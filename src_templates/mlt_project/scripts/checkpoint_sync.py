@@ -14,58 +14,49 @@ from __future__ import annotations
 
 import logging
 
-from .. import cli
-from ..config import RESUME_FILE, Config, load_config
-from ..fileio import atomic_output, sha256_file
-from .aws import CHECKPOINT_S3_URI, aws_errors, client, object_exists, put_file, s3_location
+from ..base import cli
+from ..base.config import RESUME_FILE, Config, load_config
+from ..base.fileio import sha256_file
+from ..deploy import ObjectStore, configured_store
+
+CHECKPOINTS = "CHECKPOINT_S3_URI"
 
 log = logging.getLogger(__name__)
 
 
-def location() -> tuple[str, str] | None:
-    """(bucket, key) of the remote checkpoint, or None when CHECKPOINT_S3_URI is unset."""
-    where = s3_location(CHECKPOINT_S3_URI, "resume checkpoints", required=False)
-    return None if where is None else (where.bucket, where.key(RESUME_FILE))
+def store() -> ObjectStore | None:
+    """Where resume checkpoints are kept, or None when CHECKPOINT_S3_URI is unset."""
+    return configured_store(CHECKPOINTS, "resume checkpoints", required=False)
 
 
 def pull(cfg: Config) -> bool:
     """Download the remote checkpoint, if there is one; True when one was downloaded."""
-    where = location()
-    if where is None:
+    remote = store()
+    if remote is None:
         return False
-    bucket, key = where
-    s3 = client("s3")
-    with aws_errors("S3", bucket, CHECKPOINT_S3_URI):
-        if not object_exists(s3, bucket, key):
-            log.info("no checkpoint at s3://%s/%s: training starts fresh", bucket, key)
-            return False
-        response = s3.get_object(Bucket=bucket, Key=key)
-        with atomic_output(cfg.paths.resume_checkpoint) as tmp, tmp.open("wb") as f:
-            for chunk in response["Body"].iter_chunks(1 << 20):
-                f.write(chunk)
-    log.info("pulled s3://%s/%s to %s", bucket, key, cfg.paths.resume_checkpoint)
+    if not remote.exists(RESUME_FILE):
+        log.info("no checkpoint at %s: training starts fresh", remote.uri(RESUME_FILE))
+        return False
+    remote.get(RESUME_FILE, cfg.paths.resume_checkpoint)
+    log.info("pulled %s to %s", remote.uri(RESUME_FILE), cfg.paths.resume_checkpoint)
     return True
 
 
 def push(cfg: Config) -> bool:
     """Upload the local checkpoint, if there is one; True when one was uploaded."""
-    where, path = location(), cfg.paths.resume_checkpoint
-    if where is None or not path.is_file():
+    remote, path = store(), cfg.paths.resume_checkpoint
+    if remote is None or not path.is_file():
         return False
-    bucket, key = where
-    with aws_errors("S3", bucket, CHECKPOINT_S3_URI):
-        put_file(client("s3"), bucket, key, path, sha256_file(path))
-    log.info("pushed %s to s3://%s/%s", path, bucket, key)
+    remote.put(RESUME_FILE, path, sha256_file(path))
+    log.info("pushed %s to %s", path, remote.uri(RESUME_FILE))
     return True
 
 
 def clear(cfg: Config) -> None:
     """Delete the remote checkpoint: the run it belonged to has finished."""
-    where = location()
-    if where is not None:
-        bucket, key = where
-        with aws_errors("S3", bucket, CHECKPOINT_S3_URI):
-            client("s3").delete_object(Bucket=bucket, Key=key)
+    remote = store()
+    if remote is not None:
+        remote.delete(RESUME_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:

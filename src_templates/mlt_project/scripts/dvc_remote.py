@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import cli, env
-from .aws import DVC_S3_URI, s3_location
-from .dvcrepo import dvc
+from ..base import cli, env
+from ..deploy.aws.settings import DVC_S3_URI, s3_location
+from ..release.dvcrepo import dvc
 
 REMOTE = "storage"
 CONFIG_LOCAL = Path(".dvc/config.local")

@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import cli
-from ..checkpoint import load_trained
-from ..config import Config, load_config
-from ..data.store import read_split, split_path
-from ..errors import PipelineError
-from ..fileio import atomic_output
-from ..onnx_export import check_parity, export_onnx, parity_summary, run_torch
-from ..onnx_runtime import MODEL_FILE, onnx_session, run_onnx
+from ..base import cli
+from ..base.config import Config, load_config
+from ..base.errors import PipelineError
+from ..base.fileio import atomic_output
+from ..data.store import read_head, split_path
+from ..model.checkpoint import load_trained
+from ..release.export import parity_gate
+from ..serve.onnx_export import export_onnx, parity_summary, run_torch
+from ..serve.onnx_runtime import MODEL_FILE, onnx_session, run_onnx
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -73,21 +74,13 @@ def benchmark(
     """Export, check parity, time every runner; write `out` and return the results."""
     trained = load_trained(cfg)
     model = trained.net
-    images, _, _ = read_split(split_path(cfg.paths.processed, "test"))
+    images, _ = read_head(split_path(cfg.paths.processed, "test"), max(batch_sizes))
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / MODEL_FILE
         start = time.perf_counter()
         export_onnx(model, onnx_file, cfg.data.input_shape, cfg.release.onnx_opset)
         export_seconds = time.perf_counter() - start
-        sample = images[: cfg.release.parity_samples]
-        parity = check_parity(
-            model,
-            onnx_file,
-            sample,
-            rtol=cfg.release.parity_rtol,
-            atol=cfg.release.parity_atol,
-            thresholds=trained.thresholds,
-        )
+        parity = parity_gate(cfg, trained, onnx_file)
         rows = []
         for (runtime, device), run in runners(model, onnx_file).items():
             latency = timings(run, batch_of(images, 1), warmup, iterations) * 1000

@@ -15,12 +15,12 @@ import json
 import re
 from pathlib import Path
 
-from .. import cli
-from ..config import load_config
-from ..errors import PipelineError
-from ..fileio import read_json
-from .dvcrepo import require_fresh_pipeline
-from .gitrepo import create_annotated_tag, git, head_commit, require_clean_tree
+from ..base import cli
+from ..base.config import load_config
+from ..base.errors import PipelineError
+from ..base.fileio import read_json
+from ..release.dvcrepo import require_fresh_pipeline
+from ..release.gitrepo import create_annotated_tag, git, head_commit, require_clean_tree
 
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PREFIX = "model-"

@@ -17,54 +17,15 @@ params, so a cached one stays valid after a commit; the commit goes into the S3 
 from __future__ import annotations
 
 import argparse
-import logging
-from pathlib import Path
-from typing import Any
 
-from .. import cli
-from ..config import PARAMS_FILE, Config, load_config
-from ..errors import PipelineError
-from .dvcrepo import dvc, require_fresh_pipeline
-from .export import add_max_inline_bytes, export_release
-from .gitrepo import create_annotated_tag, delete_tag, head_commit, push_tag, require_clean_tree
-from .tag import create_tag, require_free_tag, tag_message
-from .upload import S3Location, checked_files, git_state, put_release, release_target, upload_s3
-from .version import resolve_version, tag_name
-
-log = logging.getLogger(__name__)
-
-RELEASE_PIPELINE = "release/dvc.yaml"
-
-
-def check(cfg: Config, version: str) -> tuple[S3Location, Any, bool]:
-    """Everything a release needs that can be known before writing anything: a clean commit,
-    a training pipeline dvc.lock agrees with, a free tag, the S3 settings, credentials and
-    bucket, an unreleased version. Return where it goes, an S3 client, and whether to tag."""
-    commit = head_commit()
-    require_clean_tree(allow_dirty=False, flag=None)  # a release is of a commit, always
-    require_fresh_pipeline(False, "the release", flag=None)
-    needs_tag = require_free_tag(tag_name(version), commit)
-    where, s3 = release_target(version)
-    return where, s3, needs_tag
-
-
-def release(cfg: Config, version: str, params_path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """check -> export (`dvc repro release/dvc.yaml`) -> tag -> upload -> push the tag."""
-    tag = tag_name(version)
-    where, s3, needs_tag = check(cfg, version)
-    log.info("release %s to %s/: checks passed", version, where.uri(version))
-    dvc("repro", RELEASE_PIPELINE, quiet=False)  # exports, unless the export is up to date
-    info, files = checked_files(cfg, version, params_path)
-    if needs_tag:
-        create_annotated_tag(tag, tag_message(version, info))
-    try:
-        manifest = put_release(s3, where, version, files, git_state(tag))
-    except BaseException:
-        if needs_tag:  # a failed release leaves no tag: the next try starts over
-            delete_tag(tag)
-        raise
-    log.info("%s", push_tag(tag))
-    return manifest
+from ..base import cli
+from ..base.config import load_config
+from ..base.errors import PipelineError
+from ..release.export import add_max_inline_bytes, export_release
+from ..release.publish import check, release
+from ..release.tag import create_tag
+from ..release.upload import upload_s3
+from ..release.version import resolve_version
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             release(cfg, version, args.params)
         elif args.command == "check":
-            where = check(cfg, version)[0]
-            print(f"ready to release {version} to {where.uri(version)}/")
+            store = check(cfg, version)[0]
+            print(f"ready to release {version} to {store.uri(version)}/")
         elif args.command == "export-onnx":
             export_release(cfg, version, args.params, args.max_inline_bytes)
         elif args.command == "create-tag":

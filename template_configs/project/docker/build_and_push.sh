@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the training image, tag it with the git commit, log in to ECR and push it:
+# Build the training image on this project's base image (docker/images.env), tag it with the git
+# commit, log in to ECR and push it:
 #
 #   image="$(docker/build_and_push.sh)"    # stdout is the pushed image URI, nothing else
 #
@@ -27,7 +28,10 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
 fi
 image="$repository:$tag"
 
-docker build --tag "$image" . >&2
+# TRAIN_BASE_IMAGE: CUDA or not, as the project was baked (--torch).
+# shellcheck source=docker/images.env
+. docker/images.env
+docker build --build-arg "BASE_IMAGE=$TRAIN_BASE_IMAGE" --tag "$image" . >&2
 aws ecr get-login-password --region "$region" \
     | docker login --username AWS --password-stdin "$registry" >&2
 docker push "$image" >&2

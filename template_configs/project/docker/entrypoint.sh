@@ -2,10 +2,10 @@
 # The container's entrypoint; it runs the same way from a project checkout.
 #   1. DVC without git: the image holds no .git (DVC issue 3574), so DVC is told not to look.
 #   2. On a multi-node AWS Batch job, Batch's node variables become MASTER_ADDR, MASTER_PORT and
-#      NODE_RANK for Lightning (`python -m mlt_project.distributed` holds the mapping and checks).
-#   3. With arguments, run them (`docker run IMAGE python -m mlt_project.eval`). Without, run the
-#      pipeline: dvc pull, dvc repro, dvc push; pull and push only if a default remote is set
-#      (DVC_S3_URI in the job's environment sets one).
+#      NODE_RANK for Lightning (`python -m mlt_project.scripts.distributed` prints them).
+#   3. With arguments, run them (`docker run IMAGE python -m mlt_project.training.evaluate`).
+#      Without, run the pipeline: dvc pull, dvc repro, dvc push; pull and push only if a
+#      default remote is set (DVC_S3_URI in the job's environment sets one).
 #   4. SIGTERM (AWS Batch stopping the job, e.g. a Spot reclaim) or Ctrl+C: the signal goes to
 #      every process of the pipeline, so training saves a resume checkpoint (not a DVC output:
 #      the next `dvc repro` resumes from it); then the script exits with 75, which
@@ -55,7 +55,7 @@ if [ ! -e .git ] && [ "$(dvc config core.no_scm)" != "true" ]; then
 fi
 
 # On bad or partial variables the mapping prints one line and exits 1, and so does this script.
-exports="$(python -m mlt_project.distributed)"
+exports="$(python -m mlt_project.scripts.distributed)"
 eval "$exports"
 
 if [ "$#" -gt 0 ]; then
@@ -77,7 +77,7 @@ if [ -n "${AWS_BATCH_JOB_NUM_NODES:-}" ]; then
     if [ "$NODE_RANK" != "0" ]; then
         # A worker node: only global rank 0, on the main node, writes the checkpoint, so DVC
         # cannot run train here; the worker joins the training and leaves.
-        exec python -m mlt_project.train
+        exec python -m mlt_project.training.train
     fi
     # The main node: the workers train whether or not DVC finds train up to date, so it must
     # run here too.

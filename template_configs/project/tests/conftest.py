@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlt_project.config import Config, load_config
+from mlt_project.base.config import Config, load_config
 from mlt_project.data.preprocess import preprocess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +26,7 @@ def cfg(tmp_path: Path) -> Config:
     base = load_config(PROJECT_ROOT / "params.yaml")
     paths = {field.name: str(tmp_path / field.name) for field in dataclasses.fields(base.paths)}
     max_epochs = 2
+    warmup = base.training.optimization.get("warmup_epochs", 0)
     return dataclasses.replace(
         base,
         paths=dataclasses.replace(base.paths, **paths),
@@ -49,8 +50,11 @@ def cfg(tmp_path: Path) -> Config:
             base.training,
             batch_size=8,
             max_epochs=max_epochs,
-            # The same share of the run as in params.yaml (it must stay below max_epochs).
-            warmup_epochs=base.training.warmup_epochs * max_epochs / base.training.max_epochs,
+            optimization={
+                **base.training.optimization,
+                # The same share of the run as in params.yaml (it must stay below max_epochs).
+                "warmup_epochs": warmup * max_epochs / base.training.max_epochs,
+            },
             accelerator="cpu",
             devices=1,
             num_nodes=1,

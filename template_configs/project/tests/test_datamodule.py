@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlt_project.data import stream
-from mlt_project.factories import create_datamodule
+from mlt_project.training import stream
+from mlt_project.training.factories import create_datamodule
 
 
 def test_batches_come_from_the_parquet_splits(processed):
@@ -34,10 +34,9 @@ def test_streaming_yields_the_same_rows_as_in_memory(processed):
         datamodule.setup("fit")
         train = list(datamodule.train_dataloader())
         assert all(len(labels) <= cfg.training.batch_size for _, labels in train)
-        datamodule.setup("test")
-        test = list(datamodule.test_dataloader())
-        batches[streaming] = (train, test)
-    (memory_train, memory_test), (stream_train, stream_test) = batches[False], batches[True]
+        val = list(datamodule.val_dataloader())
+        batches[streaming] = (train, val)
+    (memory_train, memory_val), (stream_train, stream_val) = batches[False], batches[True]
 
     def rows(batches):
         return sorted(
@@ -47,7 +46,7 @@ def test_streaming_yields_the_same_rows_as_in_memory(processed):
         )
 
     assert rows(stream_train) == rows(memory_train)  # same rows, shuffled differently
-    for (a_images, a_labels), (b_images, b_labels) in zip(memory_test, stream_test, strict=True):
+    for (a_images, a_labels), (b_images, b_labels) in zip(memory_val, stream_val, strict=True):
         assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)  # same order
 
 

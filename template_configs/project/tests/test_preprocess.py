@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mlt_project.base.errors import PipelineError
 from mlt_project.data import preprocess as stage
 from mlt_project.data.images import load_image
 from mlt_project.data.labels import find_images
 from mlt_project.data.preprocess import preprocess, resolve_workers
 from mlt_project.data.splits import score
 from mlt_project.data.store import SPLITS, read_file_names, read_split, split_path
-from mlt_project.errors import PipelineError
 
 
 def test_worker_processes_write_the_same_splits_as_one_process(processed, tmp_path, monkeypatch):

@@ -1,0 +1,2 @@
+"""The release: the export stage (export.py), its version, tag and checksummed upload (version.py,
+tag.py, upload.py), all of it in order (publish.py), and the git and DVC commands they run."""
