@@ -63,6 +63,12 @@ def resolve_model(
         return fetch_model(store, version, workdir, manifest)
     if SAGEMAKER_MODEL_DIR.is_dir():
         return local_model(SAGEMAKER_MODEL_DIR)
+    if not params.is_file():  # e.g. in the serving image, which holds no project
+        raise PipelineError(
+            f"no model to serve: pass --model, --release or --stage (or set {STAGE_SETTING}), "
+            f"give the release as SageMaker model data ({SAGEMAKER_MODEL_DIR}), or run in the "
+            f"project, whose {params} names paths.release"
+        )
     return local_model(Path(load_config(params).paths.release))
 
 
