@@ -88,10 +88,8 @@ def test_an_image_gets_what_predict_gives_it(cfg, server, tmp_path):
     Image.fromarray(pixels).save(buffer, "PNG")
     (folder / "one.png").write_bytes(buffer.getvalue())
     predict(model, folder, tmp_path / "predictions.csv")
-    header, row = (
-        line.split(",") for line in (tmp_path / "predictions.csv").read_text().splitlines()
-    )
-    expected = dict(zip(header, row, strict=True))
+    with (tmp_path / "predictions.csv").open(newline="") as f:
+        (expected,) = csv.DictReader(f)
 
     status, answer = post(
         port, "POST", "/invocations", buffer.getvalue(), {"Content-Type": "image/png"}
