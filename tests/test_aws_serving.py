@@ -50,7 +50,7 @@ def baked(tmp_path_factory) -> dict[str, Path]:
 def filled(path: Path) -> dict:
     """The file with its placeholders replaced, as PROJECT.md's steps do (longest first)."""
     text = path.read_text()
-    found = set(re.findall(r"[A-Z][A-Z0-9_]{2,}", text)) - WORDS
+    found = set(re.findall(r"\b[A-Z][A-Z0-9_]{2,}\b", text)) - WORDS
     assert found <= set(PLACEHOLDERS), found - set(PLACEHOLDERS)
     for name in sorted(PLACEHOLDERS, key=len, reverse=True):
         text = text.replace(name, PLACEHOLDERS[name])
