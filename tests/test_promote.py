@@ -131,7 +131,8 @@ def test_the_first_promotion_records_the_stage_where_gto_and_the_server_read_it(
     assert shown["version"] == "v0.1.0" and shown["stage"] == {"production": "v0.1.0"}
     # Promoting it again changes nothing.
     again = release_cmd(p, "promote", "0.1.0", check=True)
-    assert "already in stage production: nothing to do" in again.stdout
+    assert "version 0.1.0 is already in stage production" in again.stdout
+    assert again.stdout.rstrip().endswith("nothing to do")
     assert git("tag", "--list", f"{NAME}#*", cwd=p.root).split() == [f"{NAME}#production#1"]
 
 
