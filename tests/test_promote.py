@@ -179,7 +179,9 @@ def test_a_worse_release_is_refused_with_the_per_class_deltas_until_forced_with_
     tags = git("tag", "--list", cwd=p.root)
 
     refused = release_cmd(p, "promote", "0.2.0", "--stage", "production")
-    line = one_error_line(refused, "promotion refused: 0.2.0's accuracy is", "below 0.1.0's")
+    line = one_error_line(
+        refused, "promotion refused: 0.2.0's accuracy is", "below 0.1.0's", among_output=True
+    )
     assert "release.promote_tolerance 0" in line and '--force --reason "..."' in line
     out = refused.stdout
     assert "paired bootstrap, 2,000 resamples" in out and "(seed 0)" in out
