@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Any
 
 from .. import PROJECT_NAME
@@ -51,6 +52,17 @@ def next_assignment_tag(stage: str) -> str:
     tags = git("tag", "--list", f"{PROJECT_NAME}#*", f"{PROJECT_NAME}@*").split()
     counters = [int(m[1]) for tag in tags if (m := COUNTER_RE.search(tag))]
     return f"{PROJECT_NAME}#{stage}#{max(counters, default=0) + 1}"
+
+
+def after_the_last_tag() -> None:
+    """Wait, at most a second, until the clock has passed the second of the project's last stage
+    assignment: GTO orders a stage's assignments by their tags' time, to the second, so two
+    promotions in one second would leave `gto show` free to name either."""
+    dates = git("for-each-ref", "--format=%(creatordate:unix)", f"refs/tags/{PROJECT_NAME}#*")
+    last = max(map(int, dates.split()), default=0)
+    wait = last + 1 - time.time()
+    if 0 < wait <= 1:
+        time.sleep(wait)
 
 
 def release_commit(manifest: dict[str, Any], version: str) -> str:
@@ -98,6 +110,7 @@ def record_stage(
             f"tag {registered} names commit {tagged[:12]}, not {commit[:12]}, which version "
             f"{version} was released from: delete the tag (`git tag -d {registered}`) or fix it"
         )
+    after_the_last_tag()
     assignment = next_assignment_tag(stage)
     record = record | {"git_tag": assignment}
     message = (
