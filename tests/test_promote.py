@@ -185,12 +185,8 @@ def test_a_worse_release_is_refused_with_the_per_class_deltas_until_forced_with_
     assert "release.promote_tolerance 0" in line and '--force --reason "..."' in line
     out = refused.stdout
     assert "paired bootstrap, 2,000 resamples" in out and "(seed 0)" in out
-    rows = [
-        line.split()
-        for line in out.splitlines()
-        if line.startswith("  ") and len(line.split()) == 4
-    ]
-    per_class = {row[0]: [float(x) for x in row[1:]] for row in rows}
+    table = out.split("per-class F1:", 1)[1].splitlines()[1:]
+    per_class = {row.split()[0]: [float(x) for x in row.split()[1:]] for row in table if row}
     assert sorted(per_class) == [str(d) for d in range(10)], out
     for production, candidate, difference in per_class.values():
         assert abs(candidate - production - difference) < 2e-4
