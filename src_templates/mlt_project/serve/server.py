@@ -158,7 +158,6 @@ class Serving:
         self.on_failure = on_failure
         self.model: Model | None = None
         self.failure: str | None = None
-        self.loaded = threading.Event()
 
     def start(self) -> None:
         threading.Thread(target=self._load, name="load-model", daemon=True).start()
@@ -174,8 +173,6 @@ class Serving:
             log.exception("loading the model failed")
             self.failure = "loading the model failed (the traceback is in the log above)"
             self.on_failure()
-        finally:
-            self.loaded.set()
 
     def ready(self) -> Model:
         if self.model is None:
@@ -239,7 +236,9 @@ def create_app(
 
     async def on_http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)  # 404, 405: Starlette's own short phrases
-        return refused(error.status_code, str(error.detail))
+        answer = refused(error.status_code, str(error.detail))
+        answer.headers.update(error.headers or {})  # 405's Allow
+        return answer
 
     async def on_error(request: Request, error: Exception) -> Response:
         # Starlette logs the traceback (through uvicorn's logger); the client gets one line.
