@@ -21,6 +21,12 @@ P7r the same Lightning epoch with issue 21's recipe (EMA, mixup, accumulation) /
 P7g ResNet-50 3x224x224 bf16 on a GPU, contiguous and channels-last: Lightning / bare, images/s;
     skipped without CUDA.
 P8  `import lightning` (and torch) without .pyc / after the Dockerfile's compileall, alternating.
+P9  the model server (python -m <module>.serve) on loopback: 2,000 requests (ResNet-18 at 224 px:
+    500) from 1 and from 8 keep-alive clients, one image each; p50/p99 latency, requests/s,
+    errors; requests/s over predict's images/s on the same images, ABBA rounds; the server's peak
+    RSS; ONNX Runtime's images/s at batch 8 over 8 concurrent runs of 1 (what a micro-batcher
+    would add to what the server does now); the serving environment's installed size against the
+    training one's (no Docker engine here to build the images).
 
 `--root` measures another checkout of this repository (e.g. a copy taken before a change):
 its templates are imported and baked instead of this one's. See BENCHMARKS.md.
@@ -41,6 +47,7 @@ import platform
 import pty
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -74,6 +81,11 @@ TARGETS = {  # id -> (comparison, bound); ratios are "ours / baseline" unless na
     "P7g resnet50 bf16 GPU": ("<=", 1.05),  # channels-last, Lightning / bare
     "P7g channels-last speed-up": (">=", 1.0),  # no target in issue 21: above 1 = it helps
     "P8 import lightning no-pyc/pyc": (">=", 1.5),
+    "P9 errors": ("<=", 0.0),
+    "P9 default c8 req/s / predict img/s": (">=", 0.05),  # per-request HTTP + decode vs batched
+    "P9 resnet18 c8 req/s / predict img/s": (">=", 0.8),  # compute-bound: the server keeps pace
+    "P9 micro-batching bound": ("<=", 1.1),  # above: a micro-batcher of 8 would pay
+    "P9 serve/train env size": ("<=", 0.2),
 }
 
 
@@ -1173,6 +1185,305 @@ def p4(root: Path, tmp: Path, log: Path) -> dict:
     }
 
 
+# ---------------------------------------------------------------- P9: the model server
+
+P9_MODELS = {  # name -> params changes, requests per concurrency level, copies of each image for predict
+    "default": ({}, 2000, 16),
+    "resnet18-224": (
+        {"data": {"image_size": [224, 224], "channels": 3}, "model": {"name": "resnet18"}},
+        500,
+        1,
+    ),
+}
+P9_CLIENTS = (1, 8)
+P9_ROUNDS = 2  # ABBA: predict first in one round, the server first in the other
+P9_IMAGES = 64  # distinct PNGs at the model's size, cycled through
+
+
+def p9_release(root: Path, cfg, folder: Path) -> Path:
+    """model.onnx of the params' network (untrained: the time is the same) and the
+    model_info.json keys predict and the server read."""
+    from mlt_project.serve.onnx_export import export_onnx
+
+    folder.mkdir(parents=True)
+    model = folder / "model.onnx"
+    net = factories().create_model(cfg).net.eval()
+    export_onnx(net, model, cfg.data.input_shape, cfg.release.onnx_opset)
+    info = {
+        "version": "bench",
+        "task": cfg.data.task,
+        "class_names": [str(c) for c in range(cfg.data.num_classes)],
+        "input": {"shape": ["batch", *cfg.data.input_shape]},
+        "metrics": {},
+        "params": {"data": dataclasses.asdict(cfg.data)},
+    }
+    (folder / "model_info.json").write_text(json.dumps(info))
+    return model
+
+
+def p9_images(folder: Path, cfg, copies: int) -> list[bytes]:
+    """PNGs of noise at the model's input size and channels (noise: decoding is real work), each
+    written `copies` times, so that predict's start (its session) weighs little in its rate."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    height, width = cfg.data.image_size
+    shape = (height, width) if cfg.data.channels == 1 else (height, width, 3)
+    bodies = []
+    for i in range(P9_IMAGES):
+        path = folder / f"{i:03d}-0.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+        bodies.append(path.read_bytes())
+        for copy in range(1, copies):
+            (folder / f"{i:03d}-{copy}.png").write_bytes(bodies[-1])
+    return bodies
+
+
+def p9_load(port: int, bodies: list[bytes], clients: int, requests: int) -> dict:
+    """`requests` POSTs from `clients` threads, each on one keep-alive connection."""
+    import http.client
+
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        mine = []
+        while (i := next(counter)) < requests:
+            start = time.perf_counter()
+            connection.request(
+                "POST", "/invocations", bodies[i % len(bodies)], {"Content-Type": "image/png"}
+            )
+            response = connection.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - start)
+            if response.status != 200:
+                with lock:
+                    errors[0] += 1
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": errors[0],
+        "requests_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def p9_predict_rate(model: Path, folder: Path, log: Path) -> float:
+    """predict's images/s on the folder (decode + ONNX Runtime, 256 a batch), best of 2."""
+    from mlt_project.serve.predict import predict
+
+    count = sum(1 for _ in folder.glob("*.png"))
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        with quiet(log):
+            predict(model, folder, folder.parent / "predictions.csv")
+        times.append(time.perf_counter() - start)
+    return count / min(times)
+
+
+def p9_batching(model: Path, cfg, seconds: float = 3.0, rounds: int = 3) -> dict:
+    """What a micro-batcher could add, in ONNX Runtime alone: images/s of one run of 8 images /
+    8 runs of 1 at once from 8 threads (what the server does with 8 requests in flight), and of
+    runs of 1 in turn; alternating, median of the rounds."""
+    from mlt_project.serve.onnx_runtime import onnx_session, run_onnx
+
+    session = onnx_session(model)
+    one = np.zeros((1, *cfg.data.input_shape), dtype=np.uint8)
+    eight = np.zeros((8, *cfg.data.input_shape), dtype=np.uint8)
+
+    def rate(threads: int, batch: np.ndarray) -> float:
+        done = [0] * threads
+        stop = time.perf_counter() + seconds
+
+        def work(i: int) -> None:
+            while time.perf_counter() < stop:
+                run_onnx(session, batch)
+                done[i] += len(batch)
+
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return sum(done) / (time.perf_counter() - start)
+
+    run_onnx(session, eight)
+    rates: dict[str, list[float]] = {"batch8": [], "concurrent8x1": [], "sequential1": []}
+    for number in range(rounds):
+        sides = [("batch8", 1, eight), ("concurrent8x1", 8, one), ("sequential1", 1, one)]
+        for name, threads, batch in sides if number % 2 == 0 else sides[::-1]:
+            rates[name].append(rate(threads, batch))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "images_per_s": medians,
+        "batch8_over_concurrent": medians["batch8"] / medians["concurrent8x1"],
+        "batch8_over_sequential": medians["batch8"] / medians["sequential1"],
+        "spread": {name: [min(v), max(v)] for name, v in rates.items()},
+    }
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def p9_case(
+    root: Path, tmp: Path, log: Path, name: str, changes: dict, requests: int, copies: int
+) -> dict:
+    cfg = base_config(root, tmp / name, **changes)
+    with quiet(log):
+        model = p9_release(root, cfg, tmp / name / "release")
+    bodies = p9_images(tmp / name / "images", cfg, copies)
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(root / "src_templates"))
+    with log.open("a") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlt_project.serve", "--model", str(model.parent), "--port", str(port)],
+            env=env, stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+        wait_for_ping(port, server)
+        p9_load(port, bodies, 8, 64)  # warm-up: threads, sessions, caches
+        load: dict[int, list[dict]] = {c: [] for c in P9_CLIENTS}
+        predict_rates = []
+        per_round = requests // P9_ROUNDS
+        for number in range(P9_ROUNDS):
+            sides = ["predict", "server"] if number % 2 == 0 else ["server", "predict"]
+            for side in sides:
+                if side == "predict":
+                    predict_rates.append(p9_predict_rate(model, tmp / name / "images", log))
+                    continue
+                for clients in P9_CLIENTS:
+                    load[clients].append(p9_load(port, bodies, clients, per_round))
+            print(
+                f"P9 {name} round {number + 1}/{P9_ROUNDS} ({sides[0]} first): predict "
+                f"{predict_rates[-1]:.0f} img/s, server "
+                + ", ".join(f"c{c} {load[c][-1]['requests_per_s']:.0f} req/s" for c in P9_CLIENTS),
+                file=sys.__stderr__,
+                flush=True,
+            )
+        rss = peak_rss_mb(server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    levels = {}
+    for clients, runs in load.items():
+        ms = {
+            k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p99_ms", "requests_per_s")
+        }
+        levels[str(clients)] = {
+            **ms,
+            "requests": sum(r["requests"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "requests_per_s_spread": [
+                min(r["requests_per_s"] for r in runs),
+                max(r["requests_per_s"] for r in runs),
+            ],
+        }
+    predict_rate = statistics.median(predict_rates)
+    return {
+        "levels": levels,
+        "predict_images_per_s": predict_rate,
+        "predict_spread": [min(predict_rates), max(predict_rates)],
+        "ratio": {c: levels[c]["requests_per_s"] / predict_rate for c in levels},
+        "server_peak_rss_mb": rss,
+        "exit_code": code,
+        "batching": p9_batching(model, cfg),
+        "input_shape": list(cfg.data.input_shape),
+        "png_kb": statistics.mean(len(b) for b in bodies) / 1024,
+    }
+
+
+def wait_for_ping(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not answer /ping (exit {server.poll()})")
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_size_mb(names: list[str]) -> float:
+    """Installed bytes of the distributions `names` need, as this venv has them."""
+    total = 0
+    for dist in distributions(names):
+        for file in dist.files or []:
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                total += path.stat().st_size
+    return total / 2**20
+
+
+def p9_sizes(root: Path) -> dict:
+    """The serving image's environment against the training image's, by the installed size of
+    their packages here: no Docker engine builds either image on this machine."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    variant = root / "template_configs" / "torch-cpu"
+    serve = [
+        line.split("==")[0]
+        for line in (variant / "requirements-serve.txt").read_text().splitlines()
+        if "==" in line
+    ]
+    project = tomllib.loads((variant / "pyproject.toml").read_text())["project"]
+    train = [
+        Requirement(spec).name
+        for spec in project["dependencies"]
+        if Requirement(spec).marker is None
+    ]
+    import torch
+
+    return {
+        "serve_env_mb": env_size_mb(serve),
+        "train_env_mb": env_size_mb(train),
+        "torch_build": torch.__version__,
+    }
+
+
+def p9(root: Path, tmp: Path, log: Path) -> dict:
+    results = {
+        name: p9_case(root, tmp, log, name, changes, requests, copies)
+        for name, (changes, requests, copies) in P9_MODELS.items()
+    }
+    return {"models": results, "sizes": p9_sizes(root)}
+
+
 # ---------------------------------------------------------------- P5, P6: the baked project
 
 
@@ -1291,6 +1602,56 @@ def rows(results: dict) -> list[tuple[str, float | None, str]]:
             for m in ("lightning", "torch")
         )
         out.append(("P8 import lightning no-pyc/pyc", r["lightning"]["ratio"], detail))
+    if "P9" in results:
+        r = results["P9"]
+        errors = sum(
+            level["errors"] for model in r["models"].values() for level in model["levels"].values()
+        )
+        requests = sum(
+            level["requests"]
+            for model in r["models"].values()
+            for level in model["levels"].values()
+        )
+        out.append(("P9 errors", float(errors), f"of {requests:,} requests"))
+        for name, key in (
+            ("default", "P9 default c8 req/s / predict img/s"),
+            ("resnet18-224", "P9 resnet18 c8 req/s / predict img/s"),
+        ):
+            m = r["models"].get(name)
+            if m is None:
+                continue
+            levels = "; ".join(
+                f"c{c}: {v['requests_per_s']:,.0f} req/s ({v['requests_per_s_spread'][0]:,.0f}-"
+                f"{v['requests_per_s_spread'][1]:,.0f}), p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms"
+                for c, v in m["levels"].items()
+            )
+            detail = (
+                f"{levels}; predict {m['predict_images_per_s']:,.0f} img/s; c1 ratio "
+                f"{m['ratio']['1']:.2f}; peak RSS {m['server_peak_rss_mb']:.0f} MB"
+            )
+            out.append((key, m["ratio"]["8"], detail))
+        bounds, parts = [], []
+        for name, m in r["models"].items():
+            rates = m["batching"]["images_per_s"]
+            # Amdahl: a batcher of 8 saves at most what ONNX Runtime spends on 8 concurrent runs
+            # of 1 beyond one run of 8, out of the whole request the server spends now.
+            per_request = 1 / m["levels"]["8"]["requests_per_s"]
+            saved = 1 / rates["concurrent8x1"] - 1 / rates["batch8"]
+            bounds.append(per_request / (per_request - saved))
+            parts.append(
+                f"{name}: ORT batch8 {rates['batch8']:,.0f} vs 8 concurrent "
+                f"{rates['concurrent8x1']:,.0f} img/s, server {per_request * 1000:.2f} ms/request "
+                f"-> at most x{bounds[-1]:.3f}"
+            )
+        out.append(("P9 micro-batching bound", max(bounds), "; ".join(parts)))
+        s = r["sizes"]
+        out.append(
+            (
+                "P9 serve/train env size",
+                s["serve_env_mb"] / s["train_env_mb"],
+                f"{s['serve_env_mb']:.0f} vs {s['train_env_mb']:.0f} MB installed (torch {s['torch_build']})",
+            )
+        )
     if "P2" in results:
         r = results["P2"]
         out.append(("P2 setup", r["ratio"], f"{r['setup_s']:.3f} vs {r['arrow_s']:.3f} s"))
@@ -1374,7 +1735,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=HERE.parent, help="checkout to measure")
     parser.add_argument(
         "--only",
-        default="P1,P2,P2b,P2c,P2m,P3,P3m,P4,P5,P7,P7r,P7g,P8",
+        default="P1,P2,P2b,P2c,P2m,P3,P3m,P4,P5,P7,P7r,P7g,P8,P9",
         help="comma-separated (P5 runs P6)",
     )
     parser.add_argument("--out", type=Path, default=HERE.parent / "bench-results" / "latest.json")
@@ -1421,6 +1782,7 @@ def main(argv: list[str] | None = None) -> int:
         "P7r": functools.partial(p7r, rounds=args.rounds),
         "P7g": functools.partial(p7g, rounds=args.rounds),
         "P8": p8,
+        "P9": p9,
     }
     names = {name.upper(): name for name in benches}
     wanted = [names[b.strip().upper()] for b in args.only.split(",")]

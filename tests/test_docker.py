@@ -110,10 +110,12 @@ def test_dockerfile_is_multi_stage_on_its_variants_base_and_non_root(baked, vari
 
 
 def test_one_dockerfile_serves_both_variants():
-    """No per-variant copy of the Dockerfile: the variants differ in docker/images.env only."""
+    """No per-variant copy of a Dockerfile (training's, or serving's: tests/test_serve_container.py):
+    the variants differ in docker/images.env only."""
     configs = REPO / "template_configs"
-    assert [p.relative_to(configs).as_posix() for p in configs.rglob("Dockerfile*")] == [
-        "project/Dockerfile"
+    assert sorted(p.relative_to(configs).as_posix() for p in configs.rglob("Dockerfile*")) == [
+        "project/Dockerfile",
+        "project/Dockerfile.serve",
     ]
     variants = [
         sorted(

@@ -278,3 +278,17 @@ def test_cu128_locks_the_cuda_12_line_of_onnxruntime_gpu(installed):
     versions = [p["version"] for p in installed.lock["package"] if p["name"] == "onnxruntime-gpu"]
     assert versions
     assert all(tuple(map(int, v.split(".")[:2])) < (1, 27) for v in versions), versions
+
+
+def test_requirements_serve_is_what_the_command_writes_from_this_lock(installed):
+    """The requirements-serve.txt bootstrap writes is `scripts.serve_requirements`'s output from
+    the lock of this test, which a new user's first `poetry lock` repeats. It fails when PyPI has
+    moved on since the template's files were written: run the command on each variant's lock
+    (these tests' projects) and copy the result to template_configs/torch-<variant>/."""
+    project = installed.project
+    command = ("python", "-m", "poetry_demo.scripts.serve_requirements")
+    check = run(POETRY, "run", *command, "--check", cwd=project, check=False, **installed.env)
+    assert check.returncode == 0, check.stderr.strip().splitlines()[-1:]
+    written = project / "requirements-serve.from-lock.txt"
+    run(POETRY, "run", *command, "--out", written, cwd=project, **installed.env)
+    assert written.read_text() == (project / "requirements-serve.txt").read_text()

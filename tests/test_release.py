@@ -295,6 +295,7 @@ RELEASE_OBJECTS = {
     "model_info.json",
     "evaluation_results.json",
     "params.yaml",
+    "test.parquet",  # what `release promote` evaluates on (tests/test_promote.py)
 }
 
 
@@ -454,6 +455,7 @@ def test_release_pipeline_uploads_every_object_with_its_sha256(released):
         "model_info.json": "releases/model_info.json",
         "evaluation_results.json": "evaluation_results.json",
         "params.yaml": "params.yaml",
+        "test.parquet": "data/processed/test.parquet",
     }
     for name, entry in manifest["objects"].items():
         response = client.get_object(Bucket=BUCKET, Key=version_prefix() + name)

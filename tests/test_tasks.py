@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import botocore.session
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,12 +31,14 @@ from helpers import (
     MULTILABEL_TAGS,
     NAME,
     env,
+    free_port,
     git,
     run,
     set_params,
     write_multilabel_pngs,
 )
 from mlt_project.model.tasks import Multiclass, Multilabel
+from serving import call, post_image, stop, wait_until_ready
 
 MULTICLASS, MULTILABEL = Multiclass(), Multilabel()
 
@@ -329,3 +332,80 @@ def test_export_gate_upload_and_predict_give_an_image_all_its_tags(
     assert list(map(float, scores)) == sorted(map(float, scores), reverse=True)
     none = next(name for name, tags in multilabel.tags.items() if not tags)
     assert got[none]["predicted"] == "" and got[none]["score"] == ""
+
+
+@pytest.mark.e2e
+def test_macro_f1_gates_a_multilabel_promotion_and_the_stage_serves_every_tag(
+    multilabel, moto_endpoint, tmp_path
+):
+    """Two releases of the model, 0.1.0 and 0.2.0, to S3: 0.1.0 is the stage's first version,
+    0.2.0 (the same weights) is not worse by macro F1, a difference of 0 on its released test
+    split, and is promoted; served from the stage, an image with all three tags gets all three,
+    with predict's probabilities."""
+    root = tmp_path / NAME
+    shutil.copytree(multilabel.root, root, symlinks=True)
+    bucket = "multilabel-stages"
+    botocore.session.get_session().create_client(
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)  # fmt: skip
+    git("add", "-A", cwd=root)
+    git("commit", "--quiet", "-m", "multilabel releases", cwd=root)
+    aws = {
+        "MODEL_RELEASE_S3_URI": f"s3://{bucket}/models/{NAME}",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    release = ("python", "-m", f"{MODULE}.scripts.release")
+    for version in ("0.1.0", "0.2.0"):
+        in_project(root, *release, "export-onnx", "--version", version)
+        in_project(root, *release, "upload-s3", "--version", version, **aws)
+    first = in_project(root, *release, "promote", "0.1.0", **aws)
+    assert "stage production is empty" in first.stdout
+    second = in_project(root, *release, "promote", "0.2.0", **aws)
+    assert "macro_f1 on 0.2.0's test split" in second.stdout
+    assert "+0.0000  [+0.0000, +0.0000]" in second.stdout
+    per_class = [line.split()[0] for line in second.stdout.splitlines() if line.startswith("  ")]
+    assert set(MULTILABEL_TAGS) <= set(per_class)
+    results = json.loads((root / "evaluation_results.json").read_text())
+    stage = json.loads(
+        botocore.session.get_session().create_client(
+            "s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        ).get_object(Bucket=bucket, Key=f"models/{NAME}/stages/production.json")["Body"].read()
+    )  # fmt: skip
+    comparison = stage["comparison"]
+    assert stage["version"] == "0.2.0" and comparison["metric"] == "macro_f1"
+    assert abs(comparison["candidate"] - results["macro_f1"]) < 1e-6
+
+    three = next(name for name, tags in multilabel.tags.items() if len(tags) == 3)
+    image = root / "data" / "raw" / three
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(image, folder / image.name)
+    out = tmp_path / "predicted.csv"
+    in_project(root, "python", "-m", f"{MODULE}.serve.predict", folder, "--out", out)
+    (expected,) = read_csv(out)
+    port = str(free_port())
+    server = subprocess.Popen(
+        ["python", "-m", f"{MODULE}.serve", "--stage", "production", "--port", port],
+        cwd=root, env=env(PYTHONPATH=str(root / "src"), **aws), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until_ready(int(port), server)
+        answer = post_image(int(port), image.read_bytes()).json()
+        assert call(int(port), "GET", "/metadata").json()["thresholds"] == stage_thresholds(root)
+    finally:
+        code, stderr, _ = stop(server)
+    assert code == 0, stderr[-3000:]
+    assert sorted(answer["predicted"]) == sorted(MULTILABEL_TAGS)
+    assert answer["predicted"] == expected["predicted"].split()
+    for tag, probability in answer["probabilities"].items():
+        assert abs(probability - float(expected[f"score_{tag}"])) <= 1e-6
+
+
+def stage_thresholds(root: Path) -> list[float]:
+    return json.loads((root / "releases" / "model_info.json").read_text())["thresholds"]

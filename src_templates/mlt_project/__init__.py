@@ -9,9 +9,10 @@ The package is laid out by layer; each imports only from the layers above it in 
                checkpoints, inference over a split
     training/  Lightning: the module, the DataModule and loaders, callbacks, resume; the train,
                evaluate and lr_find stages
-    serve/     the ONNX export and its parity gate, ONNX Runtime, predict (no torch but export)
     deploy/    the cloud behind two seams (an object store, a job runner); aws/ implements them
-    release/   the release: export stage, tag, upload, registry
+    serve/     the ONNX export and its parity gate, ONNX Runtime, predict, the HTTP server and
+               the release fetched for it (no torch but export)
+    release/   the release: export stage, tag, upload, promotion to a stage, registry
     scripts/   commands only: release, batch, checkpoint_sync, dvc_remote, ...
 """
 

@@ -225,6 +225,9 @@ class ReleaseConfig:
     parity_rtol: float
     parity_atol: float
     parity_samples: int  # test-split images the parity gate compares (all, if fewer)
+    # `release promote` refuses a candidate whose primary metric (base/tasks.py) is below the
+    # stage's release by more than this, on the candidate's test split (release/promote.py).
+    promote_tolerance: float
 
     def __post_init__(self) -> None:
         if not self.version.strip():
@@ -235,6 +238,8 @@ class ReleaseConfig:
             raise ValueError("parity_rtol and parity_atol must be >= 0, and not both 0")
         if self.parity_samples < 1:
             raise ValueError("parity_samples must be at least 1")
+        if not 0 <= self.promote_tolerance < 1:
+            raise ValueError("promote_tolerance must be in [0, 1): 0 = not worse at all")
 
 
 @dataclass(frozen=True)

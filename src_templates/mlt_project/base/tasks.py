@@ -51,6 +51,8 @@ class Task:
     multi_hot: ClassVar[bool]  # labels: multi-hot rows (several an image), else class indices
     # The per-class figures of the test report, in plots/per_class.csv's column order.
     per_class_columns: ClassVar[tuple[str, ...]]
+    # The report's figure that `release promote` compares two releases on (primary_scores).
+    primary_metric: ClassVar[str]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -110,6 +112,19 @@ class Task:
         """The test report in one log line."""
         raise NotImplementedError
 
+    def primary_scores(
+        self,
+        logits: np.ndarray,
+        targets: np.ndarray,
+        thresholds: list[float] | None,
+        counts: np.ndarray,
+    ) -> np.ndarray:
+        """primary_metric of resampled test sets, as report() computes it on the whole set:
+        `counts` (B, N) says how often each of the N images is in each of B resamples (a row of
+        ones is the test set itself); one value per row. The paired bootstrap of `release
+        promote` gives two releases the same rows."""
+        raise NotImplementedError
+
     def parity(
         self,
         expected: np.ndarray,
@@ -138,6 +153,7 @@ class Multiclass(Task):
     name = "multiclass"
     multi_hot = False
     per_class_columns = ("precision", "recall", "f1", "support")
+    primary_metric = "accuracy"
     parity_passed = "classes identical ({ties} tie(s) not compared)"
     parity_changed = "predicts another class for {changed} image(s) that are no tie"
 
@@ -194,6 +210,11 @@ class Multiclass(Task):
             f"loss {results['loss']:.4f}"
         )
 
+    def primary_scores(self, logits, targets, thresholds, counts):
+        """Accuracy: the share of (resampled) images whose top class is their label."""
+        right = (logits.argmax(axis=1) == targets).astype(np.float64)
+        return _ratio(counts @ right, counts.sum(axis=1))
+
     def parity(self, expected, actual, bounds, thresholds):
         """An image's class is clear where its top two logits are further apart than both may
         move; closer than that, either runtime may break the tie."""
@@ -220,6 +241,7 @@ class Multilabel(Task):
     name = "multilabel"
     multi_hot = True
     per_class_columns = ("precision", "recall", "f1", "average_precision", "support")
+    primary_metric = "macro_f1"
     parity_passed = "labels identical ({ties} near-threshold label(s) not compared)"
     parity_changed = "decides {changed} label(s) otherwise that are not near their threshold"
 
@@ -328,6 +350,18 @@ class Multilabel(Task):
             for i in range(len(actual))
             for c, name in enumerate(class_names)
         ]
+
+    def primary_scores(self, logits, targets, thresholds, counts):
+        """Macro F1 at the thresholds: per resample, each class's true positives, claims and
+        support are the images' counts summed, and the F1 of the classes seen are averaged."""
+        actual = targets >= 0.5
+        predicted = self.decide(self.probabilities(logits), thresholds)
+        tp = counts @ (predicted & actual).astype(np.float64)
+        claimed = counts @ predicted.astype(np.float64)
+        support = counts @ actual.astype(np.float64)
+        f1 = _f1(tp, claimed, support)[2]
+        seen = (support + claimed) > 0
+        return _ratio((f1 * seen).sum(axis=1), seen.sum(axis=1))
 
     def summary(self, results):
         return (

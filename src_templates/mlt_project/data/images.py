@@ -1,5 +1,5 @@
-"""Image files: which files are images, and decoding one the way training sees it (load_image):
-preprocess, predict and the server all call these.
+"""Image files: which files are images, and decoding one the way training sees it (load_image,
+decode): preprocess, predict and the server all call these.
 
 EXIF orientation applied, 16- and 32-bit pixels scaled to 8 bits, converted to data.channels and
 resized to data.image_size (bilinear). No torch: predict runs without it.
@@ -31,22 +31,32 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
+# What Pillow raises for a file it cannot decode (a bomb: more pixels than Image.MAX_IMAGE_PIXELS).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def load_image(path: Path, data: DataConfig) -> np.ndarray:
     """Decode one image into (C, H, W) uint8, converted to data.channels and resized to data.image_size."""
-    height, width = data.image_size
     try:
         with Image.open(path) as image:
-            if image.getexif().get(ORIENTATION, 1) != 1:  # a phone photo, stored sideways
-                image = ImageOps.exif_transpose(image)
-            image = _to_8bit(image).convert("L" if data.channels == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            return decode(image, data)
+    except DECODE_ERRORS as error:
         # The caller says how to skip it: preprocess and predict have different switches.
         raise PipelineError(
             f"cannot read image {path}: {error}; replace or remove the file"
         ) from None
+
+
+def decode(image: Image.Image, data: DataConfig) -> np.ndarray:
+    """An opened image as load_image returns it; the server calls it on a request's body, so
+    the model sees exactly what predict and training see. Raises DECODE_ERRORS."""
+    height, width = data.image_size
+    if image.getexif().get(ORIENTATION, 1) != 1:  # a phone photo, stored sideways
+        image = ImageOps.exif_transpose(image)
+    image = _to_8bit(image).convert("L" if data.channels == 1 else "RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
     return pixels[None] if data.channels == 1 else pixels.transpose(2, 0, 1)
 
 

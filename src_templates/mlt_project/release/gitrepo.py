@@ -100,6 +100,6 @@ def push_tag(name: str, remote: str = "origin") -> str:
     return f"pushed tag {name} to {remote}"
 
 
-def create_annotated_tag(name: str, message: str) -> None:
-    """An annotated tag on HEAD: it records who tagged, when, and `message`."""
-    git("tag", "--annotate", name, "--message", message)
+def create_annotated_tag(name: str, message: str, commit: str = "HEAD") -> None:
+    """An annotated tag on `commit`: it records who tagged, when, and `message`."""
+    git("tag", "--annotate", name, "--message", message, commit)

@@ -1,6 +1,6 @@
-"""The release's upload: the exported files to $MODEL_RELEASE_S3_URI/<version>/, each read back
-and checked, then manifest.json last, so that a version is released exactly when its manifest
-exists and an interrupted upload is simply run again."""
+"""The release's upload: the exported files and the test split to $MODEL_RELEASE_S3_URI/<version>/,
+each read back and checked, then manifest.json last, so that a version is released exactly when
+its manifest exists and an interrupted upload is simply run again."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from .. import PROJECT_NAME
 from ..base.config import PARAMS_FILE, Config
 from ..base.errors import PipelineError
 from ..base.fileio import sha256_file
+from ..data.store import split_path
 from ..deploy import ObjectStore, configured_store
 from ..model.checkpoint import load_trained
+from ..serve.fetch import MANIFEST, RELEASES, TEST_SPLIT
 from ..serve.onnx_export import onnx_files
 from ..serve.onnx_runtime import INFO_FILE, MODEL_FILE
 from .export import info_path, onnx_path, parity_gate, release_info
@@ -24,9 +26,6 @@ from .gitrepo import head_commit, tag_commit, uncommitted
 from .version import tag_name
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-RELEASES = "MODEL_RELEASE_S3_URI"  # the setting that says where releases go: <uri>/<version>/
 
 
 def git_state(tag: str) -> dict[str, Any]:
@@ -48,10 +47,13 @@ def upload_files(cfg: Config, params_path: Path, info: dict[str, Any]) -> dict[s
         INFO_FILE: info_path(cfg),
         Path(cfg.paths.metrics).name: Path(cfg.paths.metrics),
         "params.yaml": Path(params_path),
+        TEST_SPLIT: split_path(cfg.paths.processed, "test"),
     }
     for path in [model, *others.values()]:
         if not path.is_file():
-            raise PipelineError(f"{path} not found: run `dvc repro release/dvc.yaml`")
+            raise PipelineError(
+                f"{path} not found: run `dvc repro` and `dvc repro release/dvc.yaml`"
+            )
     exported = {path.name: path for path in onnx_files(model)}
     recorded = {model.name: info.get("onnx_sha256"), **info.get("onnx_external_data", {})}
     for name, path in exported.items():

@@ -12,6 +12,12 @@ writes nothing; it then pushes the tag to `origin` when there is one. The versio
 `release.version` in params.yaml, or --version; the value `describe` asks `git describe`.
 The export does not depend on the commit: it is a function of the checkpoint, the data and the
 params, so a cached one stays valid after a commit; the commit goes into the S3 manifest.
+
+    python -m mlt_project.scripts.release promote 0.2.0 --stage production [--force --reason "..."]
+
+promote puts a released version into a stage, if it is not worse than the stage's version on
+its test split by more than release.promote_tolerance (release/promote.py); `serve --stage`
+serves it. It needs no torch: each step imports only what it runs.
 """
 
 from __future__ import annotations
@@ -21,10 +27,6 @@ import argparse
 from ..base import cli
 from ..base.config import load_config
 from ..base.errors import PipelineError
-from ..release.export import add_max_inline_bytes, export_release
-from ..release.publish import check, release
-from ..release.tag import create_tag
-from ..release.upload import upload_s3
 from ..release.version import resolve_version
 
 
@@ -37,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser(
         "export-onnx", parents=[common], help="checkpoint -> ONNX, behind the parity gate"
     )
-    add_max_inline_bytes(export)
+    export.add_argument(
+        "--max-inline-bytes",
+        type=int,
+        help="weights over this size go to external-data files beside model.onnx (default: "
+        "protobuf's 2 GiB limit, less room for the graph)",
+    )
     tag = commands.add_parser(
         "create-tag", parents=[common], help="annotated git tag v<version> on HEAD"
     )
@@ -46,11 +53,27 @@ def main(argv: list[str] | None = None) -> int:
         "upload-s3", parents=[common], help="upload, verify, then write the manifest"
     )
     upload.add_argument("--force", action="store_true", help="replace a released version")
+    promote = commands.add_parser(
+        "promote", parents=[common], help="a released version into a stage, if not worse"
+    )
+    promote.add_argument("release", metavar="VERSION", help="the released version to promote")
+    promote.add_argument("--stage", default="production", help="default: production")
+    promote.add_argument(
+        "--force", action="store_true", help="promote even if worse, or not comparable"
+    )
+    promote.add_argument("--reason", help="why (required with --force; recorded)")
     args = parser.parse_args(argv)
 
     def run() -> None:
         cfg = load_config(args.params)
+        if args.command == "promote":
+            from ..release.promote import promote as promote_version
+
+            tolerance = cfg.release.promote_tolerance
+            promote_version(args.release, args.stage, tolerance, args.force, args.reason)
+            return
         version = resolve_version(cfg, args.version)
+        # Each step imports what it runs: promote needs no torch, the export does.
         if args.command is None:
             if args.version not in (None, cfg.release.version):
                 # The export stage of release/dvc.yaml reads release.version, not this flag.
@@ -59,15 +82,26 @@ def main(argv: list[str] | None = None) -> int:
                     f"{cfg.release.version} in {args.params}: set it there and commit, or use "
                     "--version with the single steps"
                 )
+            from ..release.publish import release
+
             release(cfg, version, args.params)
         elif args.command == "check":
+            from ..release.publish import check
+
             store = check(cfg, version)[0]
             print(f"ready to release {version} to {store.uri(version)}/")
         elif args.command == "export-onnx":
-            export_release(cfg, version, args.params, args.max_inline_bytes)
+            from ..release.export import MAX_INLINE_BYTES, export_release
+
+            limit = args.max_inline_bytes
+            export_release(cfg, version, args.params, MAX_INLINE_BYTES if limit is None else limit)
         elif args.command == "create-tag":
+            from ..release.tag import create_tag
+
             create_tag(cfg, version, args.allow_dirty)
         else:
+            from ..release.upload import upload_s3
+
             upload_s3(cfg, version, args.force, args.params)
 
     return cli.run(run, env=True)

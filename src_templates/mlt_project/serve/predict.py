@@ -92,7 +92,13 @@ def image_batches(
 def parquet_batches(source: Path, input_shape: tuple[int, ...], batch_size: int) -> Iterator[Batch]:
     """A preprocessed split, one row group in memory at a time, `batch_size` rows per batch."""
     # Imported here: pyarrow is needed for Parquet input only (the serving install has none).
-    from ..data.store import open_split, read_row_group, split_info
+    try:
+        from ..data.store import open_split, read_row_group, split_info
+    except ImportError:
+        raise PipelineError(
+            f"reading {source} needs pyarrow, which requirements-serve.txt leaves out: "
+            "`pip install pyarrow`, or predict on image files"
+        ) from None
 
     parquet = open_split(source)
     shape, _ = split_info(parquet, source)
