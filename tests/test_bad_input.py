@@ -219,6 +219,8 @@ CASES = [
     Case("predict: no released model", "serve.predict", no_setup, "releases/model_info.json not found", ("data/raw/3",)),
     Case("predict: corrupt model_info.json", "serve.predict", write("releases/model_info.json", '{"version": '), "releases/model_info.json is not valid JSON (Expecting value at line 1)", ("data/raw/3",)),
     Case("release: corrupt metrics", "scripts.release", write("evaluation_results.json", "{"), "evaluation_results.json is not valid JSON", ("export-onnx",)),
+    Case("serve: no model there", "serve", no_setup, "no model at nowhere: pass --model a folder holding model.onnx", ("--model", "nowhere")),
+    Case("serve requirements: corrupt lock", "scripts.serve_requirements", write("poetry.lock", "x = ["), "poetry.lock is not valid TOML (Invalid value", ("--check",)),
     Case("export: metrics missing", "release.export", remove("evaluation_results.json"), "evaluation_results.json not found: run `dvc repro`"),
     Case("sample data: raw not empty", "data.sample_data", no_setup, "data/raw is not empty: pass --force"),
     Case("distributed: Batch variables partly set", "scripts.distributed", no_setup, "AWS_BATCH_JOB_NUM_NODES", env=(("AWS_BATCH_JOB_NODE_INDEX", "0"),)),
@@ -255,8 +257,8 @@ def test_the_suite_covers_every_command():
     """Every `python -m` entry point of the package (a module that runs main()), and bootstrap;
     cli.py's docstring lists the same commands."""
     package = REPO / "src_templates" / "mlt_project"
-    commands = {
-        ".".join(path.relative_to(package).with_suffix("").parts)
+    commands = {  # serve/__main__.py runs as `python -m <module>.serve`
+        ".".join(path.relative_to(package).with_suffix("").parts).removesuffix(".__main__")
         for path in package.rglob("*.py")
         if 'if __name__ == "__main__":' in path.read_text()
     }

@@ -140,11 +140,21 @@ def render(pinned: dict[str, str]) -> str:
     return HEADER + "".join(f"{name}=={version}\n" for name, version in pinned.items())
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file, or one line that says which file is unreadable and how to fix it."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run this in the project's root")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise PipelineError(
+            f"{path} is not valid TOML ({error}): restore it from git, or run `poetry lock`"
+        ) from None
+
+
 def generate(lock_path: Path = LOCK, pyproject_path: Path = PYPROJECT) -> str:
     """requirements-serve.txt's text for a poetry.lock and its pyproject.toml."""
-    lock = tomllib.loads(lock_path.read_text(encoding="utf-8"))
-    pyproject = tomllib.loads(pyproject_path.read_text(encoding="utf-8"))
-    return render(pins(lock, pyproject))
+    return render(pins(read_toml(lock_path), read_toml(pyproject_path)))
 
 
 def parse(text: str) -> dict[str, str]:
@@ -166,10 +176,7 @@ def difference(
     if not lock_path.is_file():
         return None
     fix = f"run `python -m mlt_project.scripts.serve_requirements` and commit {out}"
-    expected = pins(
-        tomllib.loads(lock_path.read_text(encoding="utf-8")),
-        tomllib.loads(pyproject_path.read_text(encoding="utf-8")),
-    )
+    expected = pins(read_toml(lock_path), read_toml(pyproject_path))
     actual = parse(out.read_text(encoding="utf-8")) if out.is_file() else {}
     for name in sorted(set(expected) | set(actual)):
         if name not in actual:

@@ -43,6 +43,11 @@ GRACEFUL_TIMEOUT_S = 25.0
 def local_model(path: Path) -> Path:
     """model.onnx of a folder (or the file itself), checked against a manifest beside it."""
     model = path / MODEL_FILE if path.is_dir() else path
+    if not model.is_file():
+        raise PipelineError(
+            f"no model at {model}: pass --model a folder holding {MODEL_FILE} (`python -m "
+            "mlt_project.scripts.release export-onnx` writes one) or the file itself"
+        )
     check_model_folder(model)
     return model
 
