@@ -112,7 +112,7 @@ def pipeline(tmp: Path, log: Path) -> dict:
     params = (ROOT / "template_configs" / "project" / "params.yaml").read_text()
     (project / "params.yaml").write_text(params)
     seconds = {}
-    for name in ("data.sample_data", "data.preprocess", "train", "eval"):
+    for name in ("data.sample_data", "data.preprocess", "training.train", "training.evaluate"):
         seconds[name], _ = stage(name, project, log)
     metrics = json.loads((project / "evaluation_results.json").read_text())
     compiled = params.replace("name: mlp", "name: cnn").replace("compile: false", "compile: true")
@@ -120,7 +120,7 @@ def pipeline(tmp: Path, log: Path) -> dict:
         compiled.replace("models/model.ckpt", "models/cnn.ckpt")
     )
     seconds["train cnn compiled"], stderr = stage(
-        "train", project, log, "--params", "params-cnn.yaml"
+        "training.train", project, log, "--params", "params-cnn.yaml"
     )
     lines = [line for line in stderr.splitlines() if "recompil" in line.lower()]
     return {"seconds": seconds, "metrics": metrics, "recompile_lines": lines[:10]}

@@ -156,6 +156,21 @@ def test_builder_compiles_the_environment_and_the_project_and_runtime_keeps_it(b
     assert "**/__pycache__" in (baked[variant] / ".dockerignore").read_text().splitlines()
 
 
+def test_the_base_stage_compiles_the_standard_library(baked):
+    """The Python images delete the standard library's .pyc and the runtime writes none: without
+    this step every process of a job compiled the ~190 standard-library modules that `import
+    lightning` loads (benchmarks/run.py P8c runs the command on a copy of the library). In the
+    base stage, so that the runtime stage (FROM base) has it; no `|| true`: the library
+    compiles whole, and a failure should stop the build."""
+    text = (baked["cpu"] / "Dockerfile").read_text()
+    base = text.split("AS builder", 1)[0]
+    assert "FROM ${BASE_IMAGE} AS base" in base
+    assert "\nFROM base AS runtime\n" in text
+    (command,) = re.findall(r"python3 -m compileall [^\n]*", base)
+    assert "sysconfig" in command and '"stdlib"' in command, command
+    assert "|| true" not in command, command
+
+
 def test_the_builders_compileall_makes_bytecode_that_a_changed_mtime_keeps(baked, tmp_path):
     """The Dockerfile's own command, run on a folder here: Python then imports the .pyc even after
     the source's mtime changed (as a COPY may change it), with PYTHONDONTWRITEBYTECODE=1."""

@@ -60,33 +60,35 @@ def decode_block(files: list[Path], data: DataConfig) -> tuple[np.ndarray, list[
     return images[:kept], bad
 
 
+def split_blocks(count: int, group_rows: int, block_rows: int) -> list[slice]:
+    """The blocks (slices of a split's files) that workers decode, in order: at most `block_rows`
+    files each, and never straddling a row group."""
+    return [
+        slice(i, min(i + block_rows, start + group_rows))
+        for start in range(0, count, group_rows)
+        for i in range(start, min(start + group_rows, count), block_rows)
+    ]
+
+
 def row_groups(
     files: list[Path],
     labels: np.ndarray,
     names: list[str],
     data: DataConfig,
-    pool: ProcessPoolExecutor | None,
-    workers: int,
+    decoded: Iterator[tuple[np.ndarray, list[Path]]],
     group_rows: int,
     skipped: list[Path],
     progress: tqdm,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Decode `files` into (images, labels, names) chunks of one Parquet row group each, in order.
+    """(images, labels, names) chunks of one Parquet row group each, in order, from `decoded`:
+    decode_blocks over this split's split_blocks (and whatever follows them), of which it takes
+    exactly this split's.
 
-    In `pool`'s workers when there is one, a block of images per task (about BLOCK_BYTES
-    decoded). Only a few blocks are in flight at a time, so memory holds the row group being
-    filled, the blocks in flight and the one being written; the workers decode the next row
-    group's blocks while this process writes.
+    Memory holds the row group being filled, the blocks in flight and the one being written;
+    the workers decode the next row group's blocks, and the next split's, while this process
+    writes.
     """
-    block_rows = max(1, min(BLOCK, group_rows, BLOCK_BYTES // int(np.prod(data.input_shape))))
-    starts = range(0, len(files), group_rows)
-    blocks = [  # blocks never straddle row groups
-        files[i : min(i + block_rows, start + group_rows)]
-        for start in starts
-        for i in range(start, min(start + group_rows, len(files)), block_rows)
-    ]
-    decoded = decode_blocks(blocks, data, pool, workers)
-    for start in starts:
+    for start in range(0, len(files), group_rows):
         chunk = files[start : start + group_rows]
         batch = np.empty((len(chunk), *data.input_shape), dtype=np.uint8)
         kept = np.ones(len(chunk), dtype=bool)
@@ -171,14 +173,26 @@ def preprocess(cfg: Config) -> dict[str, int]:
     group_rows = rows_per_group(cfg.data.input_shape)
     skipped: list[Path] = []
     counts = {}
+    block_rows = max(1, min(BLOCK, group_rows, BLOCK_BYTES // int(np.prod(cfg.data.input_shape))))
+    ordered = {split: [files[i] for i in indices] for split, indices in assignment.indices.items()}
+    # One stream of blocks through all three splits: the workers go on to the next split's
+    # images while this process writes the last row group of one (per split, the pool used to
+    # drain: a worker idle while the other finished its last block, both while the file was
+    # written).
+    blocks = [
+        split_files[block]
+        for split_files in ordered.values()
+        for block in split_blocks(len(split_files), group_rows, block_rows)
+    ]
     with (
         ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool,
         tqdm(total=len(files), desc="preprocess", unit="img", mininterval=1.0) as progress,
     ):
+        decoded = decode_blocks(blocks, cfg.data, pool, workers)
         for split, indices in assignment.indices.items():
             chunks = row_groups(
-                [files[i] for i in indices], labels[indices], [names[i] for i in indices],
-                cfg.data, pool, workers, group_rows, skipped, progress,
+                ordered[split], labels[indices], [names[i] for i in indices],
+                cfg.data, decoded, group_rows, skipped, progress,
             )  # fmt: skip
             path = split_path(out_dir, split)
             counts[split] = write_chunks(

@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # no Lightning at run time: eval and export load without it
 # multilabel, the per-class decision thresholds (THRESHOLDS_KEY).
 CHECKPOINT_FORMAT = 3
 THRESHOLDS_KEY = "thresholds"  # training/module.py writes it
+# The names of the task's metrics training logged (training/module.py writes them; absent from
+# checkpoints written before): evaluation builds the metrics only for names its report lacks.
+METRIC_NAMES_KEY = "metric_names"
 FORMAT_KEY = "ml_template"  # not the module name: bootstrap would rename it
 NET_PREFIX = "net."  # the network's weights inside the LightningModule's state_dict
 RETRAIN = "delete it and retrain with `dvc repro`"
@@ -85,6 +88,9 @@ class Trained:
     # What train says of the weights: the epoch they are from when the run kept its best
     # (best_epoch), and ema_decay when they are an average (empty for neither).
     weights: dict[str, float]
+    # The task's metrics training logged, by name (model/tasks.py, `metrics`); None when the
+    # checkpoint does not say.
+    metric_names: list[str] | None = None
 
 
 def load_trained(cfg: Config, checkpoint: str | Path | None = None) -> Trained:
@@ -122,7 +128,8 @@ def load_trained(cfg: Config, checkpoint: str | Path | None = None) -> Trained:
             f"{path} holds a {task.name} network without the thresholds it decides with (its "
             "training did not finish): retrain with `dvc repro`"
         )
-    return Trained(net.eval(), task, thresholds, dict(saved.get("weights", {})))
+    weights_record = dict(saved.get("weights", {}))
+    return Trained(net.eval(), task, thresholds, weights_record, saved.get(METRIC_NAMES_KEY))
 
 
 def save_checkpoint(trainer: L.Trainer, path: str | Path) -> None:

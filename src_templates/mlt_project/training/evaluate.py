@@ -44,11 +44,15 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     results = {"loss": round(float(task.loss(logits, labels)), 6)}
     results |= task.report(scores, targets, class_names, thresholds)
     # The task's training metrics the report has no figure of its own for (multilabel accuracy,
-    # one a user added), on the test split, as training logs them per epoch for val.
-    found = task.metrics(logits.shape[1])
-    decided, hard = task.test_scores(logits, thresholds), task.hard_targets(labels)
-    for name, metric in found.items():
-        results.setdefault(name, round(float(metric(decided, hard)), 6))
+    # one a user added), on the test split, as training logs them per epoch for val. Built only
+    # when the checkpoint names one (or names none: an older checkpoint): importing torchmetrics
+    # loads torchvision, torch._dynamo and scipy, which took longer than the rest of this stage.
+    named = trained.metric_names
+    if named is None or any(name not in results for name in named):
+        found = task.metrics(logits.shape[1])
+        decided, hard = task.test_scores(logits, thresholds), task.hard_targets(labels)
+        for name, metric in found.items():
+            results.setdefault(name, round(float(metric(decided, hard)), 6))
     wrong = task.mistakes(scores, targets, class_names, thresholds, read_file_names(test))
 
     # With what decides them, the weights' epoch and EMA (ImageClassifier.finish).

@@ -21,7 +21,7 @@ import torch
 
 from ..model.augment import BatchAugment
 from ..model.build import Network, NetworkSpec
-from ..model.checkpoint import THRESHOLDS_KEY
+from ..model.checkpoint import METRIC_NAMES_KEY, THRESHOLDS_KEY
 from ..model.ema import ExponentialAverage
 from ..model.mix import BatchMix
 from ..model.optim import Optimization
@@ -201,6 +201,7 @@ class ImageClassifier(L.LightningModule):
         return record
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[METRIC_NAMES_KEY] = list(self.val_metrics)
         if self.thresholds is not None:
             checkpoint[THRESHOLDS_KEY] = list(self.thresholds)
         if self.finished:

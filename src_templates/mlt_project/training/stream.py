@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -180,6 +181,11 @@ class _Reader:
     def rows(self, stream: int, group: int, begin: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         if self.cached.get(stream, (None,))[0] != group:
             self.cached.pop(stream, None)  # let go of the last group before reading the next
+            # Arrow's allocator (mimalloc) keeps freed row groups mapped for a while: handed
+            # back before the next is read, the peak holds the streams' groups, not also those
+            # let go of. Without it the peak grew with the split: +150 MB (10%) at 2.8 GB against
+            # 0.9 GB (P2m); with it flat, for ~1% of the epoch's time.
+            pa.default_memory_pool().release_unused()
             self.cached[stream] = group, read_row_group(self.parquet, group, self.shape)
         images, labels = self.cached[stream][1]
         return images[begin:end], labels[begin:end]
