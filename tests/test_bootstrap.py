@@ -69,6 +69,7 @@ EXPECTED_TREE = (
     "src/{module}/deploy/aws/__init__.py",
     "src/{module}/deploy/aws/batch.py",
     "src/{module}/deploy/aws/cluster.py",
+    "src/{module}/deploy/aws/ecr.py",
     "src/{module}/deploy/aws/s3.py",
     "src/{module}/deploy/aws/settings.py",
     "src/{module}/model/__init__.py",
