@@ -72,6 +72,7 @@ EXPECTED_TREE = (
     "src/{module}/deploy/aws/ecr.py",
     "src/{module}/deploy/aws/s3.py",
     "src/{module}/deploy/aws/settings.py",
+    "src/{module}/deploy/sweep.py",
     "src/{module}/model/__init__.py",
     "src/{module}/model/augment.py",
     "src/{module}/model/build.py",
