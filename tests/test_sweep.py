@@ -46,7 +46,10 @@ from mlt_project.release.sweep_child import reason
 BUCKET = "sweep-dvc"
 REMOTE = f"s3://{BUCKET}/{NAME}"
 QUEUE = "sweeps"
-REPOSITORY = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{NAME}"
+# moto keeps Batch, ECR and EC2 per region: another one than test_batch.py's, which counts the
+# revisions of the same job definition on the same server.
+REGION = "us-west-2"
+REPOSITORY = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/{NAME}"
 CHILD_COMMAND = ["python", "-m", f"{MODULE}.scripts.sweep", "child"]
 # Imported at start-up from PYTHONPATH by every process of a child: training stops right after
 # writing its first resume checkpoint, until the file STALL_RELEASE names exists, so that the test
@@ -191,7 +194,7 @@ class Project:
 def clients(endpoint: str, *services: str):
     import boto3
 
-    settings = {"endpoint_url": endpoint, "region_name": "us-east-1", **FAKE_KEYS}
+    settings = {"endpoint_url": endpoint, "region_name": REGION, **FAKE_KEYS}
     return [boto3.client(service, **settings) for service in services]
 
 
@@ -253,7 +256,7 @@ def project(trained_project, moto_endpoint, tmp_path_factory) -> Project:
     root = tmp / NAME
     shutil.copytree(trained_project.root, root, symlinks=True)
     (s3,) = clients(moto_endpoint, "s3")
-    s3.create_bucket(Bucket=BUCKET)
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     spot_queue(moto_endpoint)
     shutil.copy(root / ".env.example", root / ".env")
     fill_in(
@@ -262,6 +265,7 @@ def project(trained_project, moto_endpoint, tmp_path_factory) -> Project:
         AWS_ENDPOINT_URL=moto_endpoint,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=REGION,
         BATCH_JOB_QUEUE=QUEUE,
     )
     set_params(
@@ -330,6 +334,7 @@ def child_env(project: Project, job: dict, index: int, attempt: int, **extra: st
     return clean_env(
         **{
             **FAKE_AWS,
+            "AWS_DEFAULT_REGION": REGION,
             **given,
             "AWS_ENDPOINT_URL": project.endpoint,
             "AWS_BATCH_JOB_ARRAY_INDEX": str(index),
