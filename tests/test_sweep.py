@@ -40,7 +40,7 @@ from mlt_project.base.errors import PipelineError
 from mlt_project.deploy.aws.batch import child_state
 from mlt_project.deploy.aws.ecr import image_digest
 from mlt_project.deploy.sweep import expand, merge, require_size
-from mlt_project.release.sweep import limit_parallel
+from mlt_project.release.sweep import keep_gitlinks, limit_parallel
 from mlt_project.release.sweep_child import reason
 
 BUCKET = "sweep-dvc"
@@ -152,6 +152,31 @@ def test_max_parallel_is_what_the_queue_allows_since_an_array_has_no_cap(caplog)
         limit_parallel("q", 8, at_once=8, max_parallel=2, size=4)
     limit_parallel("q", 8, at_once=None, max_parallel=2, size=4)  # an unmanaged environment
     assert "--max-parallel 2 is not enforced" in caplog.text
+
+
+def test_an_experiment_commit_that_dropped_the_submodule_gets_it_back(tmp_path, monkeypatch):
+    """DVC commits an experiment run in a clone as if the unchecked-out submodule were deleted."""
+    link = "160000,13f0836f9e74b5f04e3ead3e88ccb8681665d3ff,.ml-aws-template"
+    git("init", "--quiet", cwd=tmp_path)
+    git("update-index", "--add", "--cacheinfo", link, cwd=tmp_path)
+    git("commit", "--quiet", "-m", "baseline", cwd=tmp_path)
+    baseline = git("rev-parse", "HEAD", cwd=tmp_path)
+    git("rm", "--quiet", "--cached", ".ml-aws-template", cwd=tmp_path)
+    (tmp_path / "params.yaml").write_text("lr: 0.1\n")
+    git("add", "params.yaml", cwd=tmp_path)
+    git("commit", "--quiet", "-m", "dvc: commit experiment 1a2b", cwd=tmp_path)
+    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/lr-1"
+    git("update-ref", ref, "HEAD", cwd=tmp_path)
+    before = git("log", "-1", "--format=%an %ae %aI %s %P", ref, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    fixed = keep_gitlinks(ref, baseline)
+    assert git("rev-parse", ref, cwd=tmp_path) == fixed
+    assert git("ls-tree", "--name-only", ref, cwd=tmp_path).split() == [
+        ".ml-aws-template",
+        "params.yaml",
+    ]
+    assert git("log", "-1", "--format=%an %ae %aI %s %P", ref, cwd=tmp_path) == before
+    assert keep_gitlinks(ref, baseline) == fixed  # nothing lost: left as it is
 
 
 def test_ecr_digests_are_read_only_for_ecr_images():

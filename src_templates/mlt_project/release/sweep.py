@@ -255,11 +255,11 @@ def keep_gitlinks(ref: str, baseline: str) -> str:
         tree = subprocess.run(
             ["git", "write-tree"], env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
-    # The same message, parents, author and dates: only the tree changes.
-    fields = git("log", "-1", "--format=%an%x00%ae%x00%ad%x00%cn%x00%ce%x00%cd", commit).split("\0")
+    # The same message, parents, author, committer and dates: only the tree changes.
     names = ("AUTHOR_NAME", "AUTHOR_EMAIL", "AUTHOR_DATE", "COMMITTER_NAME", "COMMITTER_EMAIL")
-    identity = {f"GIT_{n}": v for n, v in zip(names, fields, strict=False)}
-    identity["GIT_COMMITTER_DATE"] = fields[5]
+    names += ("COMMITTER_DATE",)
+    fields = git("log", "-1", "--format=%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI", commit)
+    identity = {f"GIT_{n}": v for n, v in zip(names, fields.split("\0"), strict=True)}
     parents = [arg for p in git("log", "-1", "--format=%P", commit).split() for arg in ("-p", p)]
     fixed = subprocess.run(
         ["git", "commit-tree", tree, *parents, "-F", "-"],
