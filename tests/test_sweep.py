@@ -30,6 +30,7 @@ from helpers import (
     REPO,
     clean_env,
     copy_without_git,
+    free_port,
     git,
     one_error_line,
     run,
@@ -572,6 +573,12 @@ def test_a_child_that_fails_for_good_is_reported_and_the_others_are_collected(
     assert re.search(
         r"bad-net-2 +failed +attempt 1 +model.name=nosuchnet +error: model.name", lines[2]
     )
+    # Batch out of reach (as for a user not allowed to describe jobs): the children's word alone.
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    blind = sweep_cli(project.root, "status", "bad-net", AWS_ENDPOINT_URL_BATCH=unreachable)
+    assert blind.returncode == 0, blind.stderr
+    assert "the children's own records only" in blind.stderr
+    assert blind.stdout.splitlines()[1:] == lines[1:]
 
     collected = sweep_cli(project.root, "collect", "bad-net")
     assert collected.returncode == 0, collected.stderr

@@ -249,7 +249,10 @@ def child_states(runner: JobRunner | None, store: ObjectStore, sweep: Sweep) -> 
     keys = set(store.keys("results/"))
     jobs: list[dict[str, Any] | None] = [None] * len(sweep.experiments)
     if runner is not None and sweep.job_id:
-        jobs = runner.children(sweep.job_id, len(sweep.experiments))
+        try:
+            jobs = runner.children(sweep.job_id, len(sweep.experiments))
+        except PipelineError as error:  # e.g. no permission to describe jobs
+            log.warning("%s: the children's own records only", error)
     states = []
     for experiment, job in zip(sweep.experiments, jobs, strict=True):
         has_record = result_key(experiment.name, "status.json") in keys
