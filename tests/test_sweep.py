@@ -669,8 +669,12 @@ def test_a_sweep_of_four_on_batch_survives_spot_and_comes_back_into_dvc_exp_show
     )
 
     # The uninterrupted run to compare the resumed child with: --local runs the same experiment.
-    local = sweep_cli(root, "submit", "--local", "--name", "ref", "-S", "training.lr=0.01",
-                      "-S", "model.name=cnn")  # fmt: skip
+    reference = ["--name", "ref", "-S", "training.lr=0.01", "-S", "model.name=cnn"]
+    dry = sweep_cli(root, "submit", "--local", "--dry-run", *reference)
+    assert "ref-1  training.lr=0.01 model.name=cnn" in dry.stdout, dry.stderr
+    assert "--dry-run: nothing queued" in dry.stdout
+    assert "ref-1" not in run("dvc", "queue", "status", cwd=root, **NO_AWS).stdout
+    local = sweep_cli(root, "submit", "--local", *reference)
     assert local.returncode == 0, local.stderr[-3000:]
     assert "all 1 experiment(s) ran" in local.stdout
     run("dvc", "exp", "apply", "ref-1", cwd=root, **NO_AWS)

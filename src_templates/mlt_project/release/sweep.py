@@ -382,7 +382,7 @@ def collect(store: ObjectStore, outputs: bool = True) -> dict[str, list[str]]:
 # --- --local: the same sweep through DVC's own queue -----------------------------------------------
 
 
-def run_local(experiments: list[Experiment], jobs: int) -> list[str]:
+def run_local(experiments: list[Experiment], jobs: int, dry_run: bool = False) -> list[str]:
     """Queue each experiment as `dvc exp run --queue -n NAME -S ...` and run the queue here; the
     names of those that succeeded."""
     baseline = require_committed()
@@ -396,6 +396,10 @@ def run_local(experiments: list[Experiment], jobs: int) -> list[str]:
     width = max(len(e.name) for e in experiments)
     for experiment in experiments:
         print(f"  {experiment.name:<{width}}  {experiment.describe()}")
+    if dry_run:
+        print("--dry-run: nothing queued")
+        return []
+    for experiment in experiments:
         # --allow-missing as on AWS: stages with no change run nowhere, whatever is in the cache.
         args = [arg for value in experiment.set_params() for arg in ("-S", value)]
         dvc("exp", "run", "--queue", "--allow-missing", "-n", experiment.name, *args)

@@ -47,7 +47,7 @@ def submit(args) -> None:
     if args.local:
         from ..release.sweep import run_local
 
-        run_local(experiments, args.max_parallel or 1)
+        run_local(experiments, args.max_parallel or 1, args.dry_run)
         return
     if load_config(args.params).training.num_nodes > 1:
         raise PipelineError(
