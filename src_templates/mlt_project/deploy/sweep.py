@@ -9,7 +9,8 @@ store beside the DVC remote, so that nothing else must be shared. Only the two s
         results/<exp>/status.json   state, attempt, last error line; commit, ref, metrics once done
         results/<exp>/exp.bundle    the experiment's git ref, bundled against the baseline
 
-The git and DVC side (the checks, the bundles, `dvc exp run`, collecting) is release/sweep.py.
+The git and DVC side is release/: the checks, the bundles and collecting in sweep.py, what each
+child runs in sweep_child.py.
 """
 
 from __future__ import annotations
@@ -122,13 +123,6 @@ class Sweep:
         record = json.loads(data)
         record["experiments"] = [Experiment(**e) for e in record["experiments"]]
         return cls(**record)
-
-    def experiment(self, name: str) -> Experiment:
-        found = [e for e in self.experiments if e.name == name]
-        if not found:
-            names = ", ".join(e.name for e in self.experiments)
-            raise PipelineError(f"sweep {self.name!r} has no experiment {name!r}: it has {names}")
-        return found[0]
 
 
 def sweep_store(root: ObjectStore, name: str) -> ObjectStore:
@@ -346,6 +340,3 @@ class CheckpointSync:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-
-    def clear(self) -> None:
-        self.store.delete(self.key)
