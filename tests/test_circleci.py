@@ -95,7 +95,8 @@ def test_every_command_circleci_calls_exists_in_the_project(circleci, trained_pr
     for line in commands:
         for module, sub in re.findall(r"python -m ([\w.]+)(?: (\w+))?", line):
             args = ["-m", module, *([sub] if sub else []), "--help"]
-            assert run(sys.executable, *args, cwd=root, check=False).returncode == 0, line
+            found = run(sys.executable, *args, cwd=root, check=False, PYTHONPATH=str(root / "src"))
+            assert found.returncode == 0, line
             checked.add(f"{module} {sub}")
         for tool in re.findall(r"poetry run (\w+)", line):
             if tool != "python":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlt_project.base.errors import PipelineError
+from mlt_project.data.labels import Images
+from mlt_project.data.report import data_report, write_report
+from mlt_project.data.splits import Assignment, FileFacts
 from mlt_project.data.store import (
     pixels_of,
     read_file_names,
@@ -135,3 +139,97 @@ def test_a_split_in_the_old_list_format_asks_to_rerun_preprocess(tmp_path):
     )
     with pytest.raises(PipelineError, match="rerun `dvc repro -f preprocess`"):
         read_split(path)
+
+
+# ---------------------------------------------------------------- the data report
+
+
+def test_the_report_counts_each_class_in_each_split_and_shows_duplicates_and_skips(tmp_path):
+    raw = Path("/data/raw")
+    names = ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png", "g.png"]
+    found = Images(
+        class_names=["cat", "dog"],
+        files=[raw / name for name in names],
+        labels=np.array([0, 1, 0, 1, 0, 1, 1]),
+        fixed_splits=[None, None, "test", None, None, None, None],
+        source="data/raw/metadata.csv",
+        bad_rows=["line 9: unknown split 'tset'"],
+        unlisted=2,
+    )
+    facts = [
+        FileFacts(b"A", (8, 8)),
+        FileFacts(b"B", (8, 8)),
+        FileFacts(b"C", (16, 8)),
+        FileFacts(b"A", (8, 8)),  # a.png's bytes, labelled dog: a labelling mistake
+        FileFacts(b"E", None),  # unreadable
+        FileFacts(b"F", (8, 8)),
+        FileFacts(b"B", (8, 8)),  # b.png's bytes, with b.png's label
+    ]
+    assignment = Assignment(
+        indices={"train": np.array([6, 0, 3, 4, 1]), "val": np.array([5]), "test": np.array([2])},
+        duplicate_groups=[[1, 6], [0, 3]],
+        moved_for_class=[(5, "val")],
+        classes_missing=[(0, "val")],
+    )
+    report = data_report(found, names, facts, assignment, {raw / "e.png"})
+    assert report == {
+        "labels_from": "data/raw/metadata.csv",
+        "images": {"train": 4, "val": 1, "test": 1},  # e.png is not in train: unreadable
+        "per_class": {
+            "cat": {"train": 1, "val": 0, "test": 1},
+            "dog": {"train": 3, "val": 1, "test": 0},
+        },
+        "splits": {
+            "given_by_metadata": 1,
+            "drawn_by_hash": 6,
+            "moved_to_keep_classes_present": [{"file_name": "f.png", "split": "val"}],
+            "classes_missing": {"val": ["cat"], "test": []},
+        },
+        "duplicates": {
+            "groups": 2,
+            "copies": 2,
+            "with_different_labels": 1,
+            "examples": [["a.png", "d.png"], ["b.png", "g.png"]],  # the mistake first
+        },
+        "skipped": {
+            "unreadable": ["e.png"],
+            "unreadable_count": 1,
+            "bad_rows": ["line 9: unknown split 'tset'"],
+            "bad_rows_count": 1,
+            "not_in_metadata": 2,
+        },
+        "image_sizes": {"8x8": 5, "16x8": 1, "unreadable": 1},
+        "image_sizes_other": 0,
+    }
+    assert list(report["image_sizes"]) == ["8x8", "16x8", "unreadable"]  # most common first
+    path = tmp_path / "reports" / "data.json"
+    write_report(path, report)
+    assert json.loads(path.read_text()) == report
+    assert path.read_text().endswith("}\n")
+
+
+def test_a_multilabel_image_counts_once_in_images_and_once_per_class():
+    names = ["0.png", "1.png", "2.png", "3.png"]
+    found = Images(
+        class_names=["sun", "tree"],
+        files=[Path(name) for name in names],
+        labels=np.array([[1, 1], [0, 0], [1, 0], [0, 1]], dtype=np.uint8),
+        fixed_splits=[None] * 4,
+        source="data/raw/metadata.csv",
+    )
+    facts = [FileFacts(bytes([i]), (4, 4)) for i in range(4)]
+    assignment = Assignment(
+        {"train": np.array([0, 1]), "val": np.array([2]), "test": np.array([3])}
+    )
+    report = data_report(found, names, facts, assignment, set())
+    assert report["images"] == {"train": 2, "val": 1, "test": 1}
+    assert report["per_class"] == {
+        "sun": {"train": 1, "val": 1, "test": 0},
+        "tree": {"train": 1, "val": 0, "test": 1},
+    }
+    assert report["duplicates"] == {
+        "groups": 0,
+        "copies": 0,
+        "with_different_labels": 0,
+        "examples": [],
+    }

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import MODULE, NAME, REPO, git, one_error_line, run, set_params, sh
@@ -179,13 +178,37 @@ def test_replacing_the_weights_file_retrains_and_one_elsewhere_is_refused(projec
     one_error_line(refused, "model.weights_file", "is outside paths.weights (weights/)")
 
 
-def test_train_depends_on_the_code_the_resume_fingerprint_hashes(project):
-    host, _ = project
-    from mlt_project.training.resume import TRAINING_CODE
+def test_serving_release_and_deploy_code_retrain_nothing_and_training_code_retrains(
+    project_copy,
+):
+    """The stages depend on the folders of the layers they run (dvc.yaml), and the resume
+    checkpoint's fingerprint covers the same code (training/resume.py's TRAINED_BY): a change to
+    serving, release, deployment or command code reruns no stage and keeps a resume checkpoint
+    valid; a change to training code reruns train and evaluate, and starts training afresh."""
+    package = project_copy / "src" / MODULE
+    fingerprint = (
+        "from mlt_project.base.config import load_config; "
+        "from mlt_project.training.resume import run_fingerprint; "
+        "print(run_fingerprint(load_config('params.yaml')))"
+    ).replace("mlt_project", MODULE)
 
-    stages = yaml.safe_load((host / "dvc.yaml").read_text())["stages"]
-    code = [dep for dep in stages["train"]["deps"] if dep.startswith(f"src/{MODULE}/")]
-    assert sorted(dep.removeprefix(f"src/{MODULE}/") for dep in code) == sorted(TRAINING_CODE)
+    def state() -> tuple[dict, str]:
+        status = json.loads(run("dvc", "status", "--json", "dvc.yaml", cwd=project_copy).stdout)
+        printed = sh(sys.executable, "-c", fingerprint, cwd=project_copy)
+        assert printed.returncode == 0, printed.stderr[-2000:]
+        return status, printed.stdout.strip()
+
+    status, before = state()
+    assert status == {}
+    for layer in ("serve", "release", "deploy", "scripts"):
+        with (package / layer / "__init__.py").open("a") as f:
+            f.write("# a change outside training\n")
+    assert state() == ({}, before)
+    with (package / "training" / "callbacks.py").open("a") as f:
+        f.write("# a change to training\n")
+    status, after = state()
+    assert set(status) == {"train", "evaluate"}, status
+    assert after != before
 
 
 def test_metrics_and_plots_render(project):

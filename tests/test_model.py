@@ -21,15 +21,17 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from helpers import MODULE, REPO, env, run, set_params
+from helpers import MODULE, REPO, env, project_env, run, set_params
 from mlt_project.base.config import Config, load_config
 from mlt_project.base.errors import PipelineError
+from mlt_project.base.tasks import TASKS
 from mlt_project.data.preprocess import preprocess
-from mlt_project.data.store import read_split, split_path
+from mlt_project.data.store import read_split, split_path, write_chunks
 from mlt_project.model.augment import BatchAugment
 from mlt_project.model.build import build_network
 from mlt_project.model.checkpoint import load_trained
 from mlt_project.model.ema import ExponentialAverage
+from mlt_project.model.inference import device_for, predict_split
 from mlt_project.model.mix import BatchMix
 from mlt_project.model.optim import Optimization, parameter_groups
 from mlt_project.training.evaluate import evaluate
@@ -437,6 +439,60 @@ def test_backbone_lr_factor_splits_the_parameters_and_the_schedule_scales_both()
     assert peaks == pytest.approx([0.025, 0.1], rel=1e-3)
 
 
+# ---------------------------------------------------------------- a network over a split
+
+
+class FirstPixels(torch.nn.Module):
+    """Logits that show which image went in: its first two pixels, as float64."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == torch.uint8 and images.device.type == "cpu"
+        return images.flatten(1)[:, :2].double()
+
+
+def test_predict_split_returns_logits_and_labels_in_file_order(tmp_path):
+    # Seven 1x2x2 images whose pixels are i, 10 + i, ...; 12-byte row groups hold 3 images, so
+    # chunks of 4 and 3 make row groups of 3, 1 and 3, read in batches of 2, 1, 1, 2, 1.
+    images = np.array([[[[i, 10 + i], [20 + i, 30 + i]]] for i in range(7)], dtype=np.uint8)
+    labels = np.array([2, 0, 1, 1, 0, 2, 1])
+    path = tmp_path / "val.parquet"
+    names = [f"{i}.png" for i in range(7)]
+    chunks = [(images[:4], labels[:4], names[:4]), (images[4:], labels[4:], names[4:])]
+    write_chunks(path, chunks, (1, 2, 2), ["a", "b", "c"], row_group_bytes=12)
+    logits, targets, class_names = predict_split(FirstPixels(), path, 2, torch.device("cpu"))
+    assert logits.dtype == torch.float32
+    assert logits.tolist() == [
+        [0.0, 10.0], [1.0, 11.0], [2.0, 12.0], [3.0, 13.0], [4.0, 14.0], [5.0, 15.0], [6.0, 16.0]
+    ]  # fmt: skip
+    assert targets.tolist() == [2, 0, 1, 1, 0, 2, 1]
+    assert class_names == ["a", "b", "c"]
+
+
+def test_predict_split_returns_multi_hot_labels_of_a_multilabel_split(tmp_path):
+    images = np.array([[[[i, 2 * i]]] for i in range(3)], dtype=np.uint8)  # 1x1x2
+    hot = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 1]], dtype=np.uint8)
+    path = tmp_path / "test.parquet"
+    chunks = [(images, hot, ["x.png", "y.png", "z.png"])]
+    write_chunks(path, chunks, (1, 1, 2), ["sun", "tree", "wave"], task=TASKS["multilabel"])
+    logits, targets, class_names = predict_split(FirstPixels(), path, 8, torch.device("cpu"))
+    assert logits.tolist() == [[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]]
+    assert targets.dtype == torch.float32
+    assert targets.tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]]
+    assert class_names == ["sun", "tree", "wave"]
+
+
+def test_device_for_takes_the_gpu_only_where_the_accelerator_allows_one_and_there_is_one(
+    monkeypatch,
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert [device_for(a) for a in ("auto", "gpu", "cpu")] == [torch.device("cpu")] * 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [device_for(a) for a in ("auto", "gpu", "cuda", "cpu", "mps")] == [
+        torch.device("cuda"), torch.device("cuda"), torch.device("cuda"),
+        torch.device("cpu"), torch.device("cpu"),
+    ]  # fmt: skip
+
+
 # ---------------------------------------------------------------- in a baked project
 
 
@@ -452,14 +508,13 @@ def test_cnn_beats_the_mlp_on_the_digits(project_copy, trained_project):
 
 
 @pytest.mark.e2e
-def test_a_new_network_is_one_class_in_nets_py(trained_project, project_copy):
-    """What PROJECT.md's "Use your own network" says: one file touched (nets.py)."""
-    nets = trained_project.root / "src" / MODULE / "model" / "nets.py"  # the installed code
-    original = nets.read_text()
-    try:
-        nets.write_text(
-            original
-            + '''
+def test_a_new_network_is_one_class_in_nets_py(project_copy):
+    """What PROJECT.md's "Add a network" says: one file of code touched (nets.py); the new
+    network trains, and its export passes the parity gate."""
+    nets = project_copy / "src" / MODULE / "model" / "nets.py"  # the copy's own code runs
+    nets.write_text(
+        nets.read_text()
+        + '''
 
 @network("tiny")
 class Tiny(nn.Module):
@@ -474,20 +529,19 @@ class Tiny(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 '''
-        )
-        params = project_copy / "params.yaml"
-        params.write_text(params.read_text().replace("  mlp:", "  tiny:\n    pool: 4\n  mlp:", 1))
-        set_params(project_copy, model__name="tiny", training__max_epochs=2)
-        run("dvc", "repro", cwd=project_copy)
-        export = run(
-            sys.executable, "-m", f"{MODULE}.scripts.release", "export-onnx", cwd=project_copy
-        )
-        assert "classes identical" in export.stderr
-        checkpoint = torch.load(project_copy / "models" / "model.ckpt", weights_only=False)
-        assert checkpoint["hyper_parameters"]["network"]["name"] == "tiny"
-        assert checkpoint["state_dict"]["net.body.layers.2.weight"].shape == (10, 16)
-    finally:
-        nets.write_text(original)
+    )
+    params = project_copy / "params.yaml"
+    params.write_text(params.read_text().replace("  mlp:", "  tiny:\n    pool: 4\n  mlp:", 1))
+    set_params(project_copy, model__name="tiny", training__max_epochs=2)
+    env = project_env(project_copy)
+    run("dvc", "repro", cwd=project_copy, **env)
+    export = run(
+        sys.executable, "-m", f"{MODULE}.scripts.release", "export-onnx", cwd=project_copy, **env
+    )
+    assert "classes identical" in export.stderr
+    checkpoint = torch.load(project_copy / "models" / "model.ckpt", weights_only=False)
+    assert checkpoint["hyper_parameters"]["network"]["name"] == "tiny"
+    assert checkpoint["state_dict"]["net.body.layers.2.weight"].shape == (10, 16)
 
 
 @pytest.mark.e2e

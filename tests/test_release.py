@@ -1,9 +1,11 @@
-"""Releases against real services on loopback: a moto S3 server, real git tags, DVC's S3 remote.
+"""Releases: the release layer unit by unit (version, tag, DVC, upload, publish), then end to end
+against real services on loopback: a moto S3 server, real git tags, DVC's S3 remote.
 
-One copy of the trained project is released once (module fixture), by running the commands of
-the project guide's (PROJECT.md) Releases section as written, with every AWS setting in .env only; the
-tests then check what the bucket, git and the files hold, and that every bad input stops with
-one line and exit 1, leaving no tag and no upload behind.
+End to end, one copy of the trained project is released once (module fixture), by running the
+commands of the project guide's (PROJECT.md) Releases section as written, with every AWS setting
+in .env only; the tests then check what the bucket, git and the files hold, and that every bad
+input stops with one line and exit 1, leaving no tag and no upload behind. Those tests are marked
+e2e one by one: the unit tests above them are not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +29,253 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import MODULE, NAME, free_port, git, one_error_line, run, set_params
+from helpers import FAKE_AWS, MODULE, NAME, REPO, free_port, git, one_error_line, run, set_params
+from mlt_project.base.config import Config, load_config
+from mlt_project.base.errors import PipelineError
+from mlt_project.release.dvcrepo import dvc, require_fresh_pipeline, stale_stages
+from mlt_project.release.publish import check
+from mlt_project.release.tag import require_free_tag, tag_message
+from mlt_project.release.upload import put_release, release_target
+from mlt_project.release.version import resolve_version, tag_name
 
-pytestmark = pytest.mark.e2e
+# === unit tests of the release layer (release/): fast, no trained project =====================
+
+ABC_SHA256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # of b"abc"
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # of b""
+TEMPLATE_PARAMS = REPO / "template_configs" / "project" / "params.yaml"
+
+
+def release_config(version: str) -> Config:
+    cfg = load_config(TEMPLATE_PARAMS)
+    return dataclasses.replace(cfg, release=dataclasses.replace(cfg.release, version=version))
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """A git repository with one commit, as the current folder; git and DVC isolated from the
+    user's configuration."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Test")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text("release:\n  version: 0.1.0\n")
+    git("init", "--quiet", "--initial-branch=main", cwd=root)
+    git("add", "-A", cwd=root)
+    git("commit", "--quiet", "-m", "first", cwd=root)
+    return root
+
+
+def test_resolve_version_takes_the_override_then_params(repo):
+    assert resolve_version(release_config("0.1.0")) == "0.1.0"
+    assert resolve_version(release_config("0.1.0"), "2.0.0rc1") == "2.0.0rc1"
+    assert (tag_name("0.1.0"), tag_name("v0.1.0")) == ("v0.1.0", "v0.1.0")
+
+
+def test_resolve_version_describe_asks_git_for_the_nearest_v_tag(repo):
+    cfg = release_config("describe")
+    git("tag", "--annotate", "v0.3.0", "--message", "0.3.0", cwd=repo)
+    git("tag", "other-9.9", cwd=repo)  # not a release tag: ignored
+    assert resolve_version(cfg) == "0.3.0"
+    (repo / "train.py").write_text("")
+    git("add", "-A", cwd=repo)
+    git("commit", "--quiet", "-m", "second", cwd=repo)
+    head = git("rev-parse", "--short", "HEAD", cwd=repo)
+    assert resolve_version(cfg) == f"0.3.0-1-g{head}"
+
+
+def test_a_bad_version_or_describe_outside_git_is_one_line(tmp_path, monkeypatch):
+    with pytest.raises(PipelineError) as error:
+        resolve_version(release_config("0.1.0"), "1.0 beta")
+    assert str(error.value) == (
+        "release version '1.0 beta' is not usable in a tag or an S3 key: use letters, digits and "
+        "'._+-', e.g. 0.1.0"
+    )
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError) as error:
+        resolve_version(release_config("describe"))
+    assert str(error.value) == "not a git repository: run `git init` and commit the project first"
+
+
+def test_the_tag_message_holds_the_metrics_and_the_sha256s():
+    info = {
+        "metrics": {"accuracy": 0.9312, "loss": 0.2104, "macro_f1": 0.93},
+        "onnx_sha256": ABC_SHA256,
+        "checkpoint_sha256": EMPTY_SHA256,
+    }
+    assert tag_message("0.1.0", info) == (
+        "mlt-project 0.1.0: accuracy 0.9312, loss 0.2104\n\n"
+        f"onnx sha256 {ABC_SHA256}\ncheckpoint sha256 {EMPTY_SHA256}\n"
+    )
+
+
+def test_require_free_tag_on_this_commit_or_another(repo):
+    first = git("rev-parse", "HEAD", cwd=repo)
+    assert require_free_tag("v0.1.0", first) is True
+    git("tag", "--annotate", "v0.1.0", "--message", "0.1.0", cwd=repo)
+    assert require_free_tag("v0.1.0", first) is False  # a release that stopped after tagging
+    (repo / "params.yaml").write_text("release:\n  version: 0.1.0  # same version, new commit\n")
+    git("commit", "--quiet", "-am", "second", cwd=repo)
+    with pytest.raises(PipelineError) as error:
+        require_free_tag("v0.1.0", git("rev-parse", "HEAD", cwd=repo))
+    assert str(error.value) == (
+        f"tag v0.1.0 already exists (on {first[:12]}): bump release.version in params.yaml "
+        "(or pass --version)"
+    )
+
+
+def test_a_failing_dvc_command_is_one_line(repo):
+    with pytest.raises(PipelineError) as error:
+        dvc("status", "--json", "dvc.yaml")
+    message = str(error.value)
+    assert message.startswith(
+        "dvc status --json failed: ERROR: you are not inside of a DVC repository"
+    ), message
+    assert "\n" not in message
+
+
+def test_stale_stages_are_those_dvc_lock_does_not_record(repo):
+    (repo / ".dvc").mkdir()
+    (repo / ".dvc" / "config").write_text("[core]\n    no_scm = True\n")  # `dvc init --no-scm`
+    (repo / "dvc.yaml").write_text(
+        "stages:\n"
+        "  prepare:\n    cmd: cp a b\n    deps: [a]\n    outs: [b]\n"
+        "  train:\n    cmd: cp b c\n    deps: [b]\n    outs: [c]\n"
+    )
+    (repo / "a").write_text("data\n")
+    assert stale_stages() == ["prepare", "train"]
+    with pytest.raises(PipelineError) as error:
+        require_fresh_pipeline(False, "the release")
+    assert str(error.value) == (
+        "the training pipeline is not up to date (prepare, train changed, `dvc status`): the "
+        "release would not match the code, params and data of this commit; run `dvc repro` and "
+        "commit dvc.lock, or pass --allow-stale"
+    )
+    require_fresh_pipeline(True, "the release")  # allowed: DVC is not even asked
+
+
+class Recorder:
+    """An ObjectStore that records each call that reads or writes (method, key) and passes it on;
+    `tamper`: keys whose upload sends another file's bytes, as a corrupted transfer would."""
+
+    IO = ("check", "exists", "put", "get", "put_bytes", "get_bytes", "checksum", "delete", "keys")
+
+    def __init__(self, store, tamper: dict[str, Path] | None = None) -> None:
+        self.store, self.calls, self.tamper = store, [], tamper or {}
+
+    def __getattr__(self, name):
+        method = getattr(self.store, name)
+        if name not in self.IO:
+            return method
+
+        def recorded(*args):
+            key = args[0] if args else ""
+            self.calls.append((name, key))
+            if name == "put" and key in self.tamper:  # other bytes arrive than were sent
+                return method(key, self.tamper[key], *args[2:])
+            return method(*args)
+
+        return recorded
+
+
+@pytest.fixture
+def release_bucket(moto_endpoint, monkeypatch) -> str:
+    """MODEL_RELEASE_S3_URI=s3://<a new bucket>/models on the moto server, keys in the
+    environment."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"unit-{uuid.uuid4().hex[:12]}"
+    s3_client(moto_endpoint).create_bucket(Bucket=bucket)
+    monkeypatch.setenv("MODEL_RELEASE_S3_URI", f"s3://{bucket}/models")
+    return bucket
+
+
+def test_put_release_uploads_verifies_then_writes_the_manifest_last(release_bucket, tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"abc")
+    (tmp_path / "params.yaml").write_bytes(b"")
+    files = {"model.onnx": tmp_path / "model.onnx", "params.yaml": tmp_path / "params.yaml"}
+    git_state = {"git_commit": "c0ffee" * 6 + "c0ff", "git_dirty": False, "git_tag": "v0.1.0"}
+    store = Recorder(release_target("0.1.0"))
+    manifest = put_release(store, "0.1.0", files, git_state)
+    assert store.calls == [
+        ("delete", "0.1.0/manifest.json"),  # unreleased first
+        ("put", "0.1.0/model.onnx"),
+        ("put", "0.1.0/params.yaml"),
+        ("checksum", "0.1.0/model.onnx"),
+        ("checksum", "0.1.0/params.yaml"),
+        ("put_bytes", "0.1.0/manifest.json"),
+        ("get_bytes", "0.1.0/manifest.json"),  # read back as written
+    ]
+    created = manifest.pop("created")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", created), created
+    assert manifest == {
+        "project": "mlt-project",
+        "version": "0.1.0",
+        **git_state,
+        "objects": {
+            "model.onnx": {"sha256": ABC_SHA256, "size": 3},
+            "params.yaml": {"sha256": EMPTY_SHA256, "size": 0},
+        },
+    }
+    s3 = s3_client(os.environ["AWS_ENDPOINT_URL"])
+    stored = s3.get_object(Bucket=release_bucket, Key="models/0.1.0/model.onnx")
+    assert (stored["Body"].read(), stored["Metadata"]) == (b"abc", {"sha256": ABC_SHA256})
+    written = s3.get_object(Bucket=release_bucket, Key="models/0.1.0/manifest.json")["Body"]
+    assert json.loads(written.read()) == {**manifest, "created": created}
+
+
+def test_a_file_that_arrives_changed_stops_the_release_before_its_manifest(
+    release_bucket, tmp_path
+):
+    (tmp_path / "model.onnx").write_bytes(b"abc")
+    (tmp_path / "truncated").write_bytes(b"")
+    store = Recorder(release_target("0.1.0"), tamper={"0.1.0/model.onnx": tmp_path / "truncated"})
+    with pytest.raises(PipelineError) as error:
+        put_release(store, "0.1.0", {"model.onnx": tmp_path / "model.onnx"}, {})
+    assert str(error.value) == (
+        f"s3://{release_bucket}/models/0.1.0/model.onnx does not match {tmp_path / 'model.onnx'} "
+        f"after upload (sha256 {EMPTY_SHA256}): run the upload again"
+    )
+    assert ("put_bytes", "0.1.0/manifest.json") not in store.calls
+    assert not release_target("0.1.0").exists("0.1.0/manifest.json")  # not released
+
+
+def test_a_released_version_is_refused_unless_forced(release_bucket, tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"abc")
+    put_release(release_target("0.1.0"), "0.1.0", {"model.onnx": tmp_path / "model.onnx"}, {})
+    with pytest.raises(PipelineError) as error:
+        release_target("0.1.0")
+    assert str(error.value) == (
+        f"version 0.1.0 is already released at s3://{release_bucket}/models/0.1.0/: bump "
+        "release.version in params.yaml, or pass --force to replace it"
+    )
+    assert release_target("0.1.0", force=True).uri("0.1.0") == (
+        f"s3://{release_bucket}/models/0.1.0"
+    )
+    assert release_target("0.1.1").uri() == f"s3://{release_bucket}/models"
+
+
+def test_check_refuses_a_dirty_tree_before_anything_else(repo, monkeypatch):
+    monkeypatch.delenv("MODEL_RELEASE_S3_URI", raising=False)  # checked later: not reached
+    (repo / "params.yaml").write_text("release:\n  version: 0.2.0\n")
+    with pytest.raises(PipelineError) as error:
+        check(release_config("0.2.0"), "0.2.0")
+    assert str(error.value) == (
+        "the working tree has uncommitted changes (params.yaml): commit or stash them so the tag "
+        "names what was released"
+    )
+    assert git("tag", "--list", cwd=repo) == ""
+
+
+# === end to end: a trained project, released ===================================================
 
 BUCKET = "releases"
 MANIFEST = "manifest.json"
@@ -172,6 +419,7 @@ def version_prefix(version: str = VERSION, prefix: str = PREFIX) -> str:
 # --- the release flow ----------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_plain_repro_leaves_the_release_alone(released):
     assert "release" not in released.plain_repro
     assert "Data and pipelines are up to date." in released.plain_repro
@@ -180,6 +428,7 @@ def test_plain_repro_leaves_the_release_alone(released):
     assert json.loads(run("dvc", "status", "--json", cwd=released.root).stdout) == {}
 
 
+@pytest.mark.e2e
 def test_release_pipeline_uploads_every_object_with_its_sha256(released):
     r = released
     for stage in RELEASE_STAGES:
@@ -249,6 +498,7 @@ def test_release_pipeline_uploads_every_object_with_its_sha256(released):
     )
 
 
+@pytest.mark.e2e
 def test_release_tag_and_model_registry(released):
     r = released
     root = r.root
@@ -276,6 +526,7 @@ def test_release_tag_and_model_registry(released):
     one_error_line(again, f"already registered as {name}")
 
 
+@pytest.mark.e2e
 def test_dirty_tree_is_refused(released):
     r = released
     readme = r.root / "README.md"
@@ -292,6 +543,7 @@ def test_dirty_tree_is_refused(released):
     assert git("tag", "-l", "v0.2.0", "model-dirty-*", cwd=r.root) == ""
 
 
+@pytest.mark.e2e
 def test_stale_training_is_refused(released):
     """Metrics of a model the params no longer describe: neither registered nor released."""
     r = released
@@ -311,6 +563,7 @@ def test_stale_training_is_refused(released):
             git("tag", "--delete", tag, cwd=r.root)
 
 
+@pytest.mark.e2e
 def test_a_failing_precondition_leaves_no_tag_and_no_upload(released, tmp_path):
     """The next version, exported before its commit: every failed check writes nothing; once
     fixed, the release uses that export as it is (the commit is not part of it), no training."""
@@ -351,12 +604,14 @@ def test_a_failing_precondition_leaves_no_tag_and_no_upload(released, tmp_path):
     one_error_line(release(r), f"version {version} is already released")
 
 
+@pytest.mark.e2e
 def test_a_released_version_is_not_replaced(released):
     before = objects(released, version_prefix())
     one_error_line(release(released, "upload-s3"), f"version {VERSION} is already released")
     assert objects(released, version_prefix()) == before
 
 
+@pytest.mark.e2e
 def test_a_perturbed_onnx_file_is_stopped_before_any_upload(released):
     r = released
     path = r.root / "releases" / "model.onnx"
@@ -382,6 +637,7 @@ def test_a_perturbed_onnx_file_is_stopped_before_any_upload(released):
     assert objects(r, "perturbed/") == {}
 
 
+@pytest.mark.e2e
 def test_benchmark_compares_pytorch_and_onnx_runtime(released, tmp_path):
     out = tmp_path / "benchmark.json"
     run(
@@ -432,6 +688,7 @@ def predictions_there(folder: Path, images: Path, model: str | None = None) -> s
     return out.read_text()
 
 
+@pytest.mark.e2e
 def test_a_downloaded_release_predicts_as_the_local_export(released, tmp_path):
     r = released
     images = sample_pngs(r.root, tmp_path / "images")
@@ -449,6 +706,7 @@ def test_a_downloaded_release_predicts_as_the_local_export(released, tmp_path):
     assert predictions_there(bare, images, "model.onnx") == local
 
 
+@pytest.mark.e2e
 def test_external_data_release_round_trip(released, tmp_path):
     """Weights over the size limit: data files named by content, in the manifest, downloaded."""
     r = released
@@ -485,6 +743,7 @@ def test_external_data_release_round_trip(released, tmp_path):
 # --- DVC's S3 remote ----------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_dvc_push_then_pull_with_credentials_only_in_dot_env(released, tmp_path):
     """DVC does not read .env: dvc_remote writes the remote and .env's keys to config.local."""
     r = released
@@ -535,6 +794,7 @@ def predicted(path: Path) -> list[tuple[str, str]]:
         return [(row["input"], row["predicted"]) for row in csv.DictReader(f)]
 
 
+@pytest.mark.e2e
 def test_predict_agrees_with_eval(released, tmp_path):
     r = released
     evaluated = [
@@ -558,6 +818,7 @@ def test_predict_agrees_with_eval(released, tmp_path):
     assert [label for _, label in predicted(out)] == evaluated
 
 
+@pytest.mark.e2e
 def test_predict_converts_images_as_training_does_and_names_an_unreadable_one(released, tmp_path):
     r = released
     gray = next((r.root / "data" / "raw" / "7").iterdir())
@@ -588,6 +849,7 @@ def test_predict_converts_images_as_training_does_and_names_an_unreadable_one(re
     )
 
 
+@pytest.mark.e2e
 def test_predict_streams_a_folder_larger_than_a_batch_in_order(released, tmp_path):
     r = released
     folder = tmp_path / "ten"
@@ -608,6 +870,7 @@ def test_predict_streams_a_folder_larger_than_a_batch_in_order(released, tmp_pat
 # --- bad input: one line, exit 1, nothing lost ----------------------------------------------
 
 
+@pytest.mark.e2e
 def test_export_without_a_checkpoint(released):
     r = released
     checkpoint = r.root / "models" / "model.ckpt"
@@ -620,6 +883,7 @@ def test_export_without_a_checkpoint(released):
         aside.rename(checkpoint)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [
@@ -657,6 +921,7 @@ def write_rgb_pngs(raw: Path, classes: int, per_class: int, size: int) -> None:
             Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
 
 
+@pytest.mark.e2e
 def test_a_resnet18_on_own_rgb_images_is_released_and_predicts_anywhere(released, tmp_path):
     """A user's own data (3x32x32 RGB, 4 classes) and a torchvision network, set in params.yaml
     as PROJECT.md says: the pipeline, the project's own tests, a release to S3, and predict in
@@ -700,6 +965,7 @@ def test_a_resnet18_on_own_rgb_images_is_released_and_predicts_anywhere(released
     assert predictions_there(downloaded, images, "model.onnx") == local
 
 
+@pytest.mark.e2e
 def test_a_flat_folder_labelled_by_metadata_csv_trains_and_predicts_its_classes(released, tmp_path):
     """PROJECT.md's Bring your own labels: data/raw/images/ and data/raw/metadata.csv, 4 classes
     named in the CSV only; `dvc repro`, an export, and predict names those classes."""

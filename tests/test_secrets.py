@@ -98,7 +98,8 @@ def test_no_credential_is_committed_or_sent_to_docker_build(project_copy):
     committed = git_files(project_copy)
     context = docker_context(project_copy)
     assert ".env" not in committed and ".env" not in context
-    assert "params.yaml" in context and "src/digits_e2e/train.py" in context  # the matcher works
+    # The matcher works: what the image needs is in the context.
+    assert "params.yaml" in context and "src/digits_e2e/training/train.py" in context
     assert "data/raw/3/0003.png" not in context and "models/model.ckpt" not in context
     # The scan finds the planted credentials where they are...
     assert credentials_in(project_copy, [".env"]) == [

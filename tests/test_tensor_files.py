@@ -4,7 +4,9 @@ reads one, nothing runs, the file is kept, and each kind of unreadable file says
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,10 @@ import torch
 from helpers import MODULE, REPO, one_error_line, sh
 from mlt_project.base.config import load_config
 from mlt_project.base.errors import PipelineError
+from mlt_project.model.tensor_files import load_tensors
 from mlt_project.training.factories import create_model
+
+FIX = "move it away (or delete it) to start training afresh"
 
 
 class RunsCode:
@@ -108,4 +113,62 @@ def test_a_code_running_weights_file_or_cached_download_runs_nothing(tmp_path, m
     assert (
         cached
         == (tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").read_bytes()
+    )
+
+
+# ---------------------------------------------------------------- load_tensors, unit by unit
+
+
+def test_a_file_of_tensors_loads_on_the_cpu(tmp_path):
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(3)}, "epoch": 2}, path)
+    loaded = load_tensors(path, f"checkpoint {path}", FIX)
+    assert loaded["epoch"] == 2
+    assert loaded["state_dict"]["w"].tolist() == [0, 1, 2]
+    assert loaded["state_dict"]["w"].device == torch.device("cpu")
+
+
+def saved_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.arange(64)}}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("contents", "message"),
+    [
+        (b"weights, but as text\n", "is not a PyTorch file: "),
+        (pickle.dumps({"w": [0, 1, 2]}), "is not a PyTorch file: "),
+        (
+            saved_bytes()[:200],
+            "is not a readable PyTorch file (truncated or corrupt: PytorchStreamReader failed "
+            "reading zip archive: failed finding central directory): ",
+        ),
+    ],
+    ids=["text", "plain-pickle", "truncated-zip"],
+)
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # the plain pickle
+def test_a_file_that_is_not_torch_save_s_is_one_line_naming_it(tmp_path, contents, message):
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(contents)
+    with pytest.raises(PipelineError) as error:
+        load_tensors(path, f"checkpoint {path}", FIX)
+    assert str(error.value) == f"checkpoint {path} {message}{FIX}"
+    assert path.read_bytes() == contents
+
+
+def test_a_pickled_object_is_refused_by_name_and_a_folder_is_an_io_error(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2), "where": Path("data")}, path)  # a global: pathlib's class
+    with pytest.raises(PipelineError) as error:
+        load_tensors(path, f"model.weights_file {path}", "use a state_dict of tensors")
+    assert str(error.value) == (
+        f"model.weights_file {path} holds Python code, not only tensors (pathlib.PosixPath), "
+        "which could run commands when loaded: it was not loaded; use a state_dict of tensors"
+    )
+    with pytest.raises(PipelineError) as error:
+        load_tensors(tmp_path, f"checkpoint {tmp_path}", FIX)
+    assert str(error.value) == (
+        f"cannot read checkpoint {tmp_path} (Is a directory): check the disk and its permissions "
+        "and run again; the file was left as it is"
     )

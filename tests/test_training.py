@@ -1,12 +1,12 @@
-"""The training layer (training/): the seeded and class-balanced loaders, and baked projects
+"""The training layer (training/): what the LightningModule keeps after fitting (the average,
+the thresholds), the seeded and class-balanced loaders, and baked projects
 trained with every option of the recipe on (label smoothing, mixup and cutmix, EMA, class
-balance, early stopping), exported, resumed after SIGKILL; PROJECT.md's recipes applied."""
+balance, early stopping), exported, resumed after SIGKILL."""
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 import shutil
 import signal
 import subprocess
@@ -14,14 +14,81 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import yaml
 from torch.utils.data import DistributedSampler
 
-from helpers import MODULE, REPO, project_env, run, set_params
+from helpers import MODULE, project_env, run, set_params
 from mlt_project.base.tasks import Multiclass
+from mlt_project.model.build import build_network
+from mlt_project.model.optim import Optimization
+from mlt_project.model.tasks import Multilabel
+from mlt_project.training.module import ImageClassifier
 from mlt_project.training.resumable import BalancedDraws, SeededShuffle
+
+# ---------------------------------------------------------------- the LightningModule after fitting
+
+
+def classifier(task: str = "multiclass", ema_decay: float = 0.0) -> ImageClassifier:
+    spec = {"name": "mlp", "options": {"hidden_size": 4, "dropout": 0.0},
+            "input_shape": [1, 2, 2], "num_classes": 2}  # fmt: skip
+    optimization = Optimization(1, "adamw", 0.1, 0.0, 0.0, "none", warmup_epochs=0)
+    return ImageClassifier(build_network(spec), spec, task, optimization, ema_decay=ema_decay)
+
+
+def no_validation():
+    raise AssertionError("a task without thresholds needs no validation pass")
+
+
+def test_finish_without_ema_or_keep_best_records_nothing_and_keeps_the_weights():
+    module = classifier()
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    assert module.finish(None, no_validation) == {}
+    after = module.net.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["weights"] == {}
+    assert "thresholds" not in checkpoint
+
+
+def test_finish_with_ema_puts_the_average_into_the_network_and_saves_it_once():
+    module = classifier(ema_decay=0.5)
+    with torch.no_grad():
+        for parameter in module.net.parameters():
+            parameter.fill_(1.0)
+        for parameter in module.ema.net.parameters():
+            parameter.fill_(0.25)
+    assert any(key.startswith("ema.") for key in module.state_dict())  # kept while training
+    assert module.finish(None, no_validation) == {"ema_decay": 0.5}
+    assert all(torch.all(p == 0.25) for p in module.net.parameters())
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    state = checkpoint["state_dict"]
+    assert [key for key in state if key.startswith("ema.")] == []
+    assert torch.all(state["net.body.layers.1.weight"] == 0.25)
+    assert checkpoint["weights"] == {"ema_decay": 0.5}
+
+
+def test_thresholds_are_chosen_on_validation_for_multilabel_only():
+    module = classifier("multilabel")
+    assert isinstance(module.task, Multilabel)
+    probabilities = np.array([[0.9, 0.2], [0.8, 0.1], [0.3, 0.4], [0.1, 0.3]])
+    logits = np.log(probabilities / (1 - probabilities))
+    targets = np.array([[1, 0], [1, 0], [0, 0], [0, 0]], dtype=np.float32)
+    assert module.finish(None, lambda: (logits, targets)) == {}
+    # Class 0: midway between the lowest accepted (0.8) and the highest rejected (0.3); class 1
+    # has no positive image: 0.5.
+    assert module.thresholds == pytest.approx([0.55, 0.5])
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["thresholds"] == pytest.approx([0.55, 0.5])
+    multiclass = classifier("multiclass")
+    multiclass.finish(None, no_validation)
+    assert multiclass.thresholds is None
+
 
 # ---------------------------------------------------------------- class-balanced draws
 
@@ -166,93 +233,3 @@ def test_every_option_at_once_resumes_bit_identically_after_sigkill(all_on, tmp_
     assert torch.load(root / "models" / "model.ckpt", weights_only=True)["weights"] == (
         expected_record
     )
-
-
-# ---------------------------------------------------------------- the recipes of PROJECT.md
-
-
-def recipes() -> dict[str, dict]:
-    """PROJECT.md's Recipes: each `### Recipe: ...` heading's params.yaml block."""
-    guide = (REPO / "template_configs" / "project" / "PROJECT.md").read_text()
-    section = guide.split("\n## Recipes\n", 1)[1].split("\n## ", 1)[0]
-    found = re.findall(r"^### Recipe: (.+?)\n.*?```yaml\n(.*?)```", section, re.M | re.S)
-    return {name: yaml.safe_load(block) for name, block in found}
-
-
-def test_the_guide_has_the_three_recipes():
-    assert list(recipes()) == [
-        "fine-tune a pretrained network",
-        "train from scratch",
-        "small or imbalanced data",
-    ]
-
-
-def flatten(block: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in block.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}__")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("name", list(recipes()))
-def test_each_recipe_trains_an_epoch(project_copy, name):
-    """The recipe as PROJECT.md gives it, shrunk for CI: 16 px, one epoch, resnet18, and a
-    weights file standing in for the ImageNet download (no internet here)."""
-    changes = flatten(recipes()[name])
-    changes |= {"data__image_size": [16, 16], "training__max_epochs": 1}
-    if "training__warmup_epochs" in changes:
-        changes["training__warmup_epochs"] = 0.5
-    if changes.get("model__name", "resnet18").startswith("resnet"):
-        changes["model__name"] = "resnet18"
-    changes.setdefault("model__name", "resnet18")
-    changes.pop("model__freeze_backbone_epochs", None)  # one epoch: train the backbone too
-    pretrained = changes.pop("model__pretrained", "none") != "none"
-    set_params(project_copy, **changes)
-    env = project_env(project_copy)
-    if pretrained:
-        script = (
-            "import torch, torchvision; torch.manual_seed(0); "
-            "torch.save(torchvision.models.resnet18().state_dict(), 'weights/imagenet.pt')"
-        )
-        run(sys.executable, "-c", script, cwd=project_copy, **env)
-        set_params(project_copy, model__weights_file="weights/imagenet.pt")
-    run(sys.executable, "-m", f"{MODULE}.data.preprocess", cwd=project_copy, **env)
-    start = time.perf_counter()
-    run(sys.executable, "-m", f"{MODULE}.training.train", cwd=project_copy, **env)
-    run(sys.executable, "-m", f"{MODULE}.training.evaluate", cwd=project_copy, **env)
-    results = json.loads((project_copy / "evaluation_results.json").read_text())
-    print(f"recipe {name!r}, one epoch: test accuracy {results['accuracy']:.4f} "
-          f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
-    assert results["accuracy"] > 0.1  # better than chance on ten digits after one epoch
-    if changes.get("training__ema_decay"):
-        assert results["ema_decay"] == changes["training__ema_decay"]
-
-
-@pytest.mark.e2e
-def test_the_add_a_metric_recipe_reaches_training_logs_and_the_metrics(project_copy):
-    """PROJECT.md's "Add a metric", applied as written to a project: the new metric is logged
-    per epoch for val and lands in evaluation_results.json, from the one definition."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    guide = (project_copy / "PROJECT.md").read_text()
-    section = guide.split("\n### Add a metric\n", 1)[1].split("\n### ", 1)[0]
-    (replaced,) = re.findall(r"replace the last line\nof `metrics`, `(.+?)`", section)
-    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
-    objective = project_copy / "src" / MODULE / "model" / "objective.py"
-    source = objective.read_text()
-    assert source.count(f"    {replaced}\n") == 1, replaced
-    objective.write_text(source.replace(f"    {replaced}\n", code))
-    set_params(project_copy, training__max_epochs=2)
-    run("dvc", "repro", "train", "evaluate", cwd=project_copy, **project_env(project_copy))
-    results = json.loads((project_copy / "evaluation_results.json").read_text())
-    assert results["accuracy"] <= results["top2_accuracy"] <= 1, results  # top-2 >= top-1
-    (event_file,) = (project_copy / "logs").rglob("events.out.tfevents.*")
-    reader = EventAccumulator(str(event_file))
-    reader.Reload()
-    assert {"val/top2_accuracy", "train/top2_accuracy"} <= set(reader.Tags()["scalars"])
-    curve = [event.value for event in reader.Scalars("val/top2_accuracy")]
-    assert len(curve) == 2 and all(0 < value <= 1 for value in curve)

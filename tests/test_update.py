@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import bootstrap
+from helpers import REPO as REPO_ROOT
 from helpers import bootstrap as run_bootstrap
 from helpers import git, make_host, make_template_repo, one_bootstrap_error, run
 
@@ -1098,3 +1099,125 @@ def test_relocate_anchors_on_two_lines_of_code_and_both_sides_of_an_insertion():
     assert bootstrap.relocate(changed, function, b"def g():\n    b = 2\n    return a\n") is None
     mine, template = (function + f"\n\ndef {name}():\n    return 2\n".encode() for name in "gh")
     assert bootstrap.relocate(mine, function, template) is None
+
+
+# --- a project baked before the package was laid out by layer ---------------------------------
+
+# main just before the move into base/, data/, model/, training/, serve/, release/, deploy/.
+BEFORE_LAYERS = "f552f928fb69fe07b8a63dace1085478ccad207a"
+USER_FLIP = (
+    "        # user: and upside down, half of the time\n"
+    "        x = torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, x.flip(2), x)\n"
+)
+
+
+def template_at_two_commits(dest: Path) -> tuple[Path, str, str]:
+    """A template repo whose commit A is main before the layers and B this working tree."""
+    listed = run("git", "cat-file", "-t", BEFORE_LAYERS, cwd=REPO_ROOT, check=False)
+    assert listed.stdout.strip() == "commit", (
+        f"commit {BEFORE_LAYERS[:8]} is not in this clone's history: the test needs a full clone"
+    )
+    source = make_template_repo(dest.parent / "now")
+    dest.mkdir(parents=True)
+    archive = run("git", "archive", "--format=tar", "-o", dest.parent / "a.tar", BEFORE_LAYERS,
+                  cwd=REPO_ROOT)  # fmt: skip
+    assert archive.returncode == 0
+    run("tar", "-xf", dest.parent / "a.tar", "-C", dest, cwd=dest)
+    git("init", "--quiet", "--initial-branch=main", cwd=dest)
+    git("add", "-A", cwd=dest)
+    git("commit", "--quiet", "-m", "A: before the layers", cwd=dest)
+    a = git("rev-parse", "HEAD", cwd=dest)
+    git("rm", "-r", "--quiet", ".", cwd=dest)
+    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+    git("add", "-A", cwd=dest)
+    git("commit", "--quiet", "-m", "B: the layers", cwd=dest)
+    return dest, a, git("rev-parse", "HEAD", cwd=dest)
+
+
+def edit_as_the_old_guide_says(host: Path) -> None:
+    """Three edits of a user of the old layout: a changed augmentation, the guide's "Add a
+    metric" and "Use your own network" recipes as that guide gives them, and a shorter run."""
+    import re
+
+    package = host / "src" / "cats"
+    augment = package / "model" / "augment.py"
+    anchor = "        if self.color_jitter > 0:\n            x = self.jitter(x)\n"
+    assert anchor in augment.read_text()
+    augment.write_text(augment.read_text().replace(anchor, anchor + USER_FLIP))
+    guide = (host / "PROJECT.md").read_text()
+    metric = guide.split("\n### Add a metric\n", 1)[1].split("\n### ", 1)[0]
+    (replaced,) = re.findall(r"replace the last line\nof `metrics`, `(.+?)`", metric)
+    (code,) = re.findall(r"```python\n(.*?)```", metric, re.S)
+    objective = package / "model" / "objective.py"
+    objective.write_text(objective.read_text().replace(f"    {replaced}\n", code))
+    network = guide.split("\n### Use your own network\n", 1)[1].split("\n### ", 1)[0]
+    (net_code,) = re.findall(r"```python\n(.*?)```", network, re.S)
+    with (package / "model" / "nets.py").open("a") as f:
+        f.write("\n\n" + net_code)
+    params = (host / "params.yaml").read_text()
+    (options,) = re.findall(r"```yaml\nmodel:\n  name: wide-mlp\n(.*?)```", network, re.S)
+    params = params.replace("model:\n  name: mlp\n", "model:\n  name: wide-mlp\n" + options)
+    params = params.replace("  max_epochs: 30\n", "  max_epochs: 4\n")
+    (host / "params.yaml").write_text(params)
+
+
+@pytest.mark.e2e
+def test_a_project_baked_before_the_layers_updates_with_its_edits_then_trains_and_releases(
+    tmp_path, moto_endpoint
+):
+    """Issue 26's acceptance: baked at the commit before the move, edited by its user, updated
+    with one --update, and the pipeline and a release run with the edits in place."""
+    template, a, b = template_at_two_commits(tmp_path / "template" / "ml-aws-template")
+    host = make_host(tmp_path / "cats", template)
+    move_submodule(host, a)
+    run_bootstrap(host, "--torch", "cpu")
+    commit_all(host, "bootstrap")
+    edit_as_the_old_guide_says(host)
+    commit_all(host, "my augmentation, metric and network")
+    move_submodule(host, b)
+
+    result = run_bootstrap(host, "--update")
+    print(result.stdout)
+    rows = outcomes(result.stdout)
+    assert rows["src/cats/model/tasks.py"] == "moved"
+    assert "your changes re-applied" in result.stdout
+    assert rows["src/cats/model/augment.py"] == "updated"
+    assert "src/cats/model/nets.py" not in rows  # the template did not change it
+    assert rows["src/cats/training/train.py"] == "moved"
+    package = host / "src" / "cats"
+    assert USER_FLIP in (package / "model" / "augment.py").read_text()
+    assert '"top2_accuracy": top2' in (package / "model" / "tasks.py").read_text()
+    assert '@network("wide-mlp")' in (package / "model" / "nets.py").read_text()
+    # Moved modules the user never changed are gone; the one they changed stays for them.
+    assert not (package / "train.py").exists() and not (package / "eval.py").exists()
+    assert (package / "model" / "objective.py").exists()
+    assert record(host)["template_version"] == b
+    (package / "model" / "objective.py").unlink()  # checked: its edit is in model/tasks.py
+    commit_all(host, "update to the layers")
+
+    env = {"PYTHONPATH": str(host / "src"), "DVC_NO_ANALYTICS": "1"}
+    run(sys.executable, "-m", "cats.data.sample_data", cwd=host, **env)
+    run("dvc", "repro", cwd=host, **env)
+    results = json.loads((host / "evaluation_results.json").read_text())
+    print(f"after the update: {results}")
+    assert results["accuracy"] > 0.8 and results["accuracy"] <= results["top2_accuracy"] <= 1
+    network = run(sys.executable, "-c", "import torch; c = torch.load('models/model.ckpt', "
+                  "weights_only=True); print(c['hyper_parameters']['network']['name'])",
+                  cwd=host, **env).stdout.strip()  # fmt: skip
+    assert network == "wide-mlp"
+
+    bucket = "layers-releases"
+    import boto3
+
+    boto3.client(
+        "s3", endpoint_url=moto_endpoint, aws_access_key_id="testing",
+        aws_secret_access_key="testing", region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)  # fmt: skip
+    (host / ".env").write_text(
+        f"MODEL_RELEASE_S3_URI=s3://{bucket}/cats\nAWS_ENDPOINT_URL={moto_endpoint}\n"
+        "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\nAWS_DEFAULT_REGION=us-east-1\n"
+    )
+    commit_all(host, "trained")
+    released = run(sys.executable, "-m", "cats.scripts.release", cwd=host,
+                   AWS_EC2_METADATA_DISABLED="true", **env)  # fmt: skip
+    assert "released s3://layers-releases/cats/0.1.0/" in released.stderr, released.stderr[-2000:]

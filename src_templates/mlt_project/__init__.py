@@ -10,8 +10,8 @@ The package is laid out by layer; each imports only from the layers above it in 
     training/  Lightning: the module, the DataModule and loaders, callbacks, resume; the train,
                evaluate and lr_find stages
     serve/     the ONNX export and its parity gate, ONNX Runtime, predict (no torch but export)
-    release/   the release: export stage, tag, upload, registry
     deploy/    the cloud behind two seams (an object store, a job runner); aws/ implements them
+    release/   the release: export stage, tag, upload, registry
     scripts/   commands only: release, batch, checkpoint_sync, dvc_remote, ...
 """
 

@@ -30,4 +30,4 @@ def setup_logger(level: int = logging.INFO) -> logging.Logger:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropAdvertisements) for f in logger.filters):
             logger.addFilter(DropAdvertisements())
-    return logging.getLogger(__package__)
+    return logging.getLogger(__name__.partition(".")[0])  # the package's, not base's

@@ -3,7 +3,7 @@
     python -m mlt_project.scripts.distributed [--params params.yaml]
 
 prints `export NAME=value` lines: nothing on a single machine, and MASTER_ADDR, MASTER_PORT and
-NODE_RANK on each node of a multi-node AWS Batch job (cluster.py maps Batch's variables).
+NODE_RANK on each node of a multi-node AWS Batch job (deploy/aws/cluster.py maps Batch's variables).
 """
 
 from __future__ import annotations

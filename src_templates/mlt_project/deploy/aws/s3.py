@@ -54,9 +54,12 @@ class S3Store:
             try:
                 self.s3.head_object(Bucket=self.where.bucket, Key=self._key(key))
             except ClientError as error:
-                if str(error.response.get("Error", {}).get("Code")) in MISSING:
-                    return False
-                raise
+                if str(error.response.get("Error", {}).get("Code")) not in MISSING:
+                    raise
+                # A HEAD answers 404 for a missing bucket too: that is a setting to fix, not a
+                # missing object (a checkpoint pull would start training afresh, and say nothing).
+                self.s3.head_bucket(Bucket=self.where.bucket)
+                return False
         return True
 
     def put(self, key: str, path: Path, sha256: str) -> None:
