@@ -5,7 +5,7 @@ The commands (each runs as `python -m mlt_project.<module>`):
     data.sample_data   data.preprocess   training.train   training.evaluate   training.lr_find
     serve.predict   release.export
     scripts.release   scripts.register_model   scripts.export_and_benchmark   scripts.dvc_remote
-    scripts.batch   scripts.checkpoint_sync   scripts.distributed
+    scripts.batch   scripts.checkpoint_sync   scripts.distributed   scripts.sweep
 
 Imports nothing heavy: a command's own module decides what it needs.
 """
