@@ -228,6 +228,7 @@ CASES = [
     Case("benchmark: bad batch size", "scripts.export_and_benchmark", no_setup, "batch sizes and --iterations must be at least 1", ("--batch-sizes", "0")),
     Case("dvc remote: not an s3 URI", "scripts.dvc_remote", no_setup, "DVC_S3_URI='my-bucket/data' is not s3://bucket[/prefix]", env=(("DVC_S3_URI", "my-bucket/data"),)),
     Case("batch: no image", "scripts.batch", no_setup, "no image URI: pass --image or set BATCH_IMAGE_URI", ("register",), env=(("BATCH_IMAGE_URI", ""),)),
+    Case("sweep: more experiments than allowed", "scripts.sweep", no_setup, "1000 experiments is more than --max-experiments 32", ("submit", "-S", "training.lr=range(0,1,0.001)")),
     Case("checkpoint sync: not an s3 URI", "scripts.checkpoint_sync", no_setup, "CHECKPOINT_S3_URI='https://bucket/x' is not s3://bucket[/prefix]", ("pull",), env=(("CHECKPOINT_S3_URI", "https://bucket/x"),)),
 ]  # fmt: skip
 

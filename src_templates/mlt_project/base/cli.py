@@ -6,6 +6,7 @@ The commands (each runs as `python -m mlt_project.<module>`):
     serve   serve.predict   release.export
     scripts.release   scripts.register_model   scripts.export_and_benchmark   scripts.dvc_remote
     scripts.batch   scripts.checkpoint_sync   scripts.distributed   scripts.serve_requirements
+    scripts.sweep
 
 Imports nothing heavy: a command's own module decides what it needs.
 """

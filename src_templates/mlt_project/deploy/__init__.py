@@ -3,13 +3,15 @@
     ObjectStore  files under one location (s3://bucket/prefix): put, get, exists, checksum, ...
     JobRunner    container jobs: register a definition, submit a job, read its status
 
-deploy/aws/ implements both (S3, AWS Batch); the release, the resume checkpoints and the Batch
-commands use only these. Another cloud would be one more folder beside aws/, chosen here.
-Nothing heavy is imported until a store or a runner is asked for.
+deploy/aws/ implements both (S3, AWS Batch); the release, the resume checkpoints, the Batch
+commands and the sweeps (sweep.py: many experiments as one array job) use only these. Another
+cloud would be one more folder beside aws/, chosen here. Nothing heavy is imported until a store
+or a runner is asked for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,11 +62,33 @@ class JobRunner(Protocol):
         *,
         array_size: int | None = None,
         environment: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> str:
-        """Submit a job (an array of `array_size` children), return its id."""
+        """Submit a job (an array of `array_size` children), return its id; `command` replaces
+        the definition's."""
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's name, status and, once it has one, the reason."""
+
+    # For sweeps (sweep.py).
+
+    def definition(self, name: str) -> dict[str, Any] | None:
+        """The latest active revision of a job definition: its `id` (name:revision), `image` and
+        `vcpus`; None when none is registered."""
+
+    def children(self, job_id: str, size: int) -> list[dict[str, Any] | None]:
+        """Each child of an array job (of `size`; 1: a plain job): its `state` (pending, running,
+        succeeded, failed), `attempts` and `reason`; None for a child the runner does not know."""
+
+    def capacity(self, queue: str, vcpus: int) -> int | None:
+        """How many jobs of `vcpus` the queue can run at once; None when it cannot tell."""
+
+    def image_digest(self, image: str) -> str | None:
+        """The registry's digest of `image`, where the registry reports one."""
+
+    def child_position(self, environ: Mapping[str, str]) -> tuple[int | None, int]:
+        """(array index, attempt from 1) of the job this process runs in; the index is None
+        outside an array job."""
 
 
 def object_store(uri: str, setting: str) -> ObjectStore:

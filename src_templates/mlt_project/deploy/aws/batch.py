@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ MULTI_NODE_FILE = Path("aws/batch-job-multinode.json")
 # as on a laptop, and keeps resume checkpoints across retries in the second.
 PASSED_TO_JOB = (DVC_S3_URI, CHECKPOINT_S3_URI)
 SPOT_TYPES = {"SPOT", "FARGATE_SPOT"}
+# Set by Batch in each child of an array job, and on every attempt (from 1).
+ARRAY_INDEX = "AWS_BATCH_JOB_ARRAY_INDEX"
+ATTEMPT = "AWS_BATCH_JOB_ATTEMPT"
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +55,18 @@ class BatchRunner:
         *,
         array_size: int | None = None,
         environment: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> str:
         request: dict[str, Any] = {"jobName": name, "jobQueue": queue, "jobDefinition": definition}
         if array_size is not None:
             request["arrayProperties"] = {"size": array_size}
+        overrides: dict[str, Any] = {}
         if environment:
-            variables = [{"name": k, "value": v} for k, v in environment.items()]
-            request["containerOverrides"] = {"environment": variables}
+            overrides["environment"] = [{"name": k, "value": v} for k, v in environment.items()]
+        if command:
+            overrides["command"] = command
+        if overrides:
+            request["containerOverrides"] = overrides
         with aws_errors("AWS Batch"):
             return self.batch.submit_job(**request)["jobId"]
 
@@ -68,6 +77,97 @@ class BatchRunner:
             raise PipelineError(f"no job {job_id!r} in this account and region: check the job id")
         job = jobs[0]
         return {key: job.get(key) for key in ("jobName", "jobId", "status", "statusReason")}
+
+    # --- for sweeps (deploy/sweep.py) ------------------------------------------------------------
+
+    def definition(self, name: str) -> dict[str, Any] | None:
+        with aws_errors("AWS Batch"):
+            pages = self.batch.get_paginator("describe_job_definitions").paginate(
+                jobDefinitionName=name, status="ACTIVE"
+            )
+            found = [d for page in pages for d in page["jobDefinitions"]]
+        if not found:
+            return None
+        latest = max(found, key=lambda d: d["revision"])
+        container = latest.get("containerProperties") or {}
+        vcpus = next(
+            (r["value"] for r in container.get("resourceRequirements", []) if r["type"] == "VCPU"),
+            container.get("vcpus", 1),
+        )
+        return {
+            "id": f"{name}:{latest['revision']}",
+            "image": container.get("image", ""),
+            "vcpus": int(float(vcpus)),
+        }
+
+    def children(self, job_id: str, size: int) -> list[dict[str, Any] | None]:
+        ids = [f"{job_id}:{index}" for index in range(size)] if size > 1 else [job_id]
+        found: dict[str, dict[str, Any]] = {}
+        with aws_errors("AWS Batch"):
+            for start in range(0, len(ids), 100):  # DescribeJobs takes up to 100 ids
+                for job in self.batch.describe_jobs(jobs=ids[start : start + 100])["jobs"]:
+                    found[job["jobId"]] = child_state(job)
+        return [found.get(child) for child in ids]
+
+    def capacity(self, queue: str, vcpus: int) -> int | None:
+        try:
+            queues = self.batch.describe_job_queues(jobQueues=[queue])["jobQueues"]
+            arns = [e["computeEnvironment"] for q in queues for e in q["computeEnvironmentOrder"]]
+            environments = (
+                self.batch.describe_compute_environments(computeEnvironments=arns)[
+                    "computeEnvironments"
+                ]
+                if arns
+                else []
+            )
+        except (BotoCoreError, ClientError) as error:
+            log.debug("cannot read the compute environments of queue %s: %s", queue, error)
+            return None
+        limits = [env.get("computeResources", {}).get("maxvCpus") for env in environments]
+        # An unmanaged environment has no maxvCpus: its capacity is whatever instances join it.
+        if not limits or None in limits:
+            return None
+        return sum(limits) // max(vcpus, 1)
+
+    def image_digest(self, image: str) -> str | None:
+        from .ecr import image_digest
+
+        return image_digest(image)
+
+    def child_position(self, environ: Mapping[str, str]) -> tuple[int | None, int]:
+        index, attempt = environ.get(ARRAY_INDEX, ""), environ.get(ATTEMPT, "1")
+        for name, value in ((ARRAY_INDEX, index), (ATTEMPT, attempt)):
+            if value and not value.isdigit():
+                raise PipelineError(f"{name}={value!r} is not a number: fix the variable")
+        return (int(index) if index else None), int(attempt or 1)
+
+
+BATCH_STATES = {
+    "SUBMITTED": "pending",
+    "PENDING": "pending",
+    "RUNNABLE": "pending",
+    "STARTING": "pending",
+    "RUNNING": "running",
+    "SUCCEEDED": "succeeded",
+    "FAILED": "failed",
+}
+
+
+def child_state(job: dict[str, Any]) -> dict[str, Any]:
+    """A Batch job (one array child) in the job runner's words: state, attempts, reason."""
+    attempts = job.get("attempts") or []
+    last = attempts[-1] if attempts else {}
+    container = last.get("container") or {}
+    # The job's reason, else its last attempt's ("Host EC2 (instance ...) terminated."), else
+    # its container's ("OutOfMemoryError: ..."), else the exit code.
+    reason = job.get("statusReason") or last.get("statusReason") or container.get("reason") or ""
+    if not reason and container.get("exitCode") is not None:
+        reason = f"exit code {container['exitCode']}"
+    return {
+        "state": BATCH_STATES.get(job.get("status", ""), "pending"),
+        "attempts": len(attempts),
+        "reason": reason,
+    }
 
 
 def read_definition(num_nodes: int) -> dict[str, Any]:

@@ -129,15 +129,18 @@ def endpoint() -> str:
     return os.environ.get("AWS_ENDPOINT_URL") or "AWS"
 
 
-def client(service: str) -> Any:
-    """A client for `service`; botocore reads AWS_ENDPOINT_URL, the region and credentials."""
+def client(service: str, region: str | None = None) -> Any:
+    """A client for `service`; botocore reads AWS_ENDPOINT_URL, the region (unless `region` is
+    given) and credentials."""
     config = BotoConfig(
         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         connect_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
     )
     with aws_errors(f"AWS {service}"):
-        return botocore.session.get_session().create_client(service, config=config)
+        return botocore.session.get_session().create_client(
+            service, region_name=region, config=config
+        )
 
 
 def require_credentials() -> None:
