@@ -432,6 +432,7 @@ Next steps:{poetry}
   git add -A && git commit -m "Bootstrap from ml-aws-template"
   cp .env.example .env   # and fill it in, for S3, Docker and AWS Batch
   poetry install        # locks first: a few minutes (commit poetry.lock)
+  poetry run python -m {module}.scripts.serve_requirements   # the serving pins, from that lock
   poetry run python -m {module}.data.sample_data   # or put images in data/raw/<class>/
   poetry run dvc repro
   poetry run pytest

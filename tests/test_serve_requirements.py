@@ -1,5 +1,5 @@
 """requirements-serve.txt: what each variant ships, and `scripts.serve_requirements`, which writes
-it from poetry.lock and checks the two agree (tests/test_poetry.py compares it with a real lock)."""
+it from poetry.lock and checks the two agree (tests/test_poetry.py runs it on a real lock)."""
 
 from __future__ import annotations
 

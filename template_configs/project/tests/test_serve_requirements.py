@@ -3,7 +3,8 @@
 It fails with one line naming the pin that differs and the command that writes the file again:
 `python -m mlt_project.scripts.serve_requirements`. It passes while the project has no
 poetry.lock yet (a new project: the template's pins are those its own tests locked); after the
-first `poetry lock`, run that command and commit both files.
+first `poetry install` (which locks), run that command, as PROJECT.md's Quick start does, and
+commit both files.
 """
 
 from pathlib import Path
