@@ -1668,7 +1668,10 @@ else
 fi
 code=$?
 end=$(date +%s.%N)
-echo "$$ $start $end $(times | tail -n 1) $*" >> "$P6_LOG"
+# `times` in this shell, not in a $(...) subshell (which has no children: it read 0 s).
+times > "$P6_LOG.$$"
+echo "$$ $start $end $(tail -n 1 "$P6_LOG.$$") $*" >> "$P6_LOG"
+rm -f "$P6_LOG.$$"
 exit $code
 """
 
